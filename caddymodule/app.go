@@ -1,0 +1,224 @@
+// Package caddymodule is the Caddy glue of caddy-cx: the `cx` app (NATS
+// connection, embedded server), the `dynamic cx` upstream source, the
+// cx_failover and cx_round_robin selection policies, and the cx_proxy
+// directive.
+package caddymodule
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/url"
+	"sync"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/caddy-cx/caddy-cx/membership"
+)
+
+func init() {
+	caddy.RegisterModule(App{})
+}
+
+// DefaultEmbeddedNATS is where the embedded NATS server listens when no
+// `nats` servers are configured.
+const DefaultEmbeddedNATS = "127.0.0.1:4222"
+
+// App is the `cx` app: the NATS connection the gateway hears instances on.
+// Without NATS servers configured it runs an embedded NATS server. The
+// connection (and embedded server) is shared across config reloads.
+type App struct {
+	// NATS server URLs to connect to (nats://host:port, tls://host:port).
+	// Several URLs are tried in turn and used for reconnects. When empty,
+	// an embedded NATS server is started and used.
+	NATS []string `json:"nats,omitempty"`
+
+	// EmbeddedNATS is the host:port the embedded NATS server listens on
+	// when NATS is empty. Default: 127.0.0.1:4222.
+	EmbeddedNATS string `json:"embedded_nats,omitempty"`
+
+	// Credentials is a NATS JWT .creds file (user JWT and nkey seed).
+	Credentials string `json:"credentials,omitempty"`
+
+	// Token authenticates with a NATS token.
+	Token string `json:"token,omitempty"`
+
+	// User and Password authenticate with NATS user/password.
+	User     string `json:"user,omitempty"`
+	Password string `json:"password,omitempty"`
+
+	// NKey is a file holding an nkey seed (SU...) to authenticate with.
+	NKey string `json:"nkey,omitempty"`
+
+	// TLS configures TLS to the NATS servers.
+	TLS *NATSTLS `json:"tls,omitempty"`
+
+	link     *natsLink
+	linkKey  string
+	embedded *embeddedServer
+	logger   *zap.Logger
+
+	mu       *sync.Mutex
+	services []*Service
+}
+
+// NATSTLS is the TLS configuration of the NATS connection.
+type NATSTLS struct {
+	// CA is a PEM file of the certificate authorities that sign the NATS
+	// servers' certificates.
+	CA string `json:"ca,omitempty"`
+	// Cert and Key are a PEM client certificate and its key, for mutual TLS.
+	Cert string `json:"cert,omitempty"`
+	Key  string `json:"key,omitempty"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "cx",
+		New: func() caddy.Module { return new(App) },
+	}
+}
+
+// Provision validates the configuration and takes (or creates) the shared
+// connection. It does no network I/O: the connection is made in Start.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.logger = ctx.Logger()
+	a.mu = new(sync.Mutex)
+	if err := a.validate(); err != nil {
+		return err
+	}
+	urls := a.NATS
+	if len(urls) == 0 {
+		if a.EmbeddedNATS == "" {
+			a.EmbeddedNATS = DefaultEmbeddedNATS
+		}
+		emb, err := acquireEmbedded(a.EmbeddedNATS, a.logger)
+		if err != nil {
+			return err
+		}
+		a.embedded = emb
+		urls = []string{"nats://" + a.EmbeddedNATS}
+	}
+	key, err := json.Marshal(struct {
+		URLs                                     []string
+		Credentials, Token, User, Password, NKey string
+		TLS                                      *NATSTLS
+	}{urls, a.Credentials, a.Token, a.User, a.Password, a.NKey, a.TLS})
+	if err != nil {
+		return err
+	}
+	a.linkKey = string(key)
+	link, err := acquireLink(a.linkKey, urls, a.options, a.logger)
+	if err != nil {
+		return err
+	}
+	a.link = link
+	return nil
+}
+
+func (a *App) validate() error {
+	for _, u := range a.NATS {
+		parsed, err := url.Parse(u)
+		if err != nil || parsed.Host == "" {
+			return fmt.Errorf("cx: nats server %q is not a URL like nats://host:4222", u)
+		}
+		switch parsed.Scheme {
+		case "nats", "tls", "ws", "wss":
+		default:
+			return fmt.Errorf("cx: nats server %q: scheme must be nats, tls, ws or wss", u)
+		}
+	}
+	if len(a.NATS) > 0 && a.EmbeddedNATS != "" {
+		return fmt.Errorf("cx: use either `nats` (external servers) or `embedded_nats`, not both")
+	}
+	if a.EmbeddedNATS != "" {
+		if _, _, err := net.SplitHostPort(a.EmbeddedNATS); err != nil {
+			return fmt.Errorf("cx: embedded_nats %q must be host:port: %v", a.EmbeddedNATS, err)
+		}
+	}
+	auth := 0
+	for _, set := range []bool{a.Credentials != "", a.Token != "", a.User != "", a.NKey != ""} {
+		if set {
+			auth++
+		}
+	}
+	if auth > 1 {
+		return fmt.Errorf("cx: choose one of credentials, token, user or nkey")
+	}
+	if (a.User == "") != (a.Password == "") {
+		return fmt.Errorf("cx: user needs a password and a password needs a user")
+	}
+	if a.TLS != nil && (a.TLS.Cert == "") != (a.TLS.Key == "") {
+		return fmt.Errorf("cx: tls cert and key go together")
+	}
+	return nil
+}
+
+// Start starts the embedded server (if any), connects to NATS and starts
+// watching every service this config uses.
+func (a *App) Start() error {
+	if a.embedded != nil {
+		if err := a.embedded.start(); err != nil {
+			return err
+		}
+	}
+	if err := a.link.start(); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, s := range a.services {
+		if err := s.start(a.link.conn()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Stop does nothing: the connection, embedded server and watchers outlive
+// a config reload, and are released in Cleanup when no config uses them.
+func (a *App) Stop() error { return nil }
+
+// Cleanup releases this config's hold on the shared connection, embedded
+// server and services.
+func (a *App) Cleanup() error {
+	a.mu.Lock()
+	services := a.services
+	a.services = nil
+	a.mu.Unlock()
+	for _, s := range services {
+		_, _ = servicePool.Delete(s.key)
+	}
+	if a.link != nil {
+		_, _ = linkPool.Delete(a.linkKey)
+	}
+	if a.embedded != nil {
+		_, _ = embeddedPool.Delete(a.embedded.addr)
+	}
+	return nil
+}
+
+// Service returns the membership of one subject prefix, shared with every
+// other user of the same configuration, across reloads.
+func (a *App) Service(cfg membership.Config) (*Service, error) {
+	s, err := acquireService(a.linkKey, cfg, a.logger)
+	if err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	a.services = append(a.services, s)
+	a.mu.Unlock()
+	return s, nil
+}
+
+// Connected reports whether the gateway's NATS connection is up.
+func (a *App) Connected() bool { return a.link.connected() }
+
+// Interface guards.
+var (
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
+)

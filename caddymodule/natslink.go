@@ -1,0 +1,174 @@
+package caddymodule
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/nats-io/nats.go"
+	"go.uber.org/zap"
+)
+
+// linkPool holds the NATS connections, keyed by their configuration, so
+// that a config reload with the same `cx` options keeps the connection.
+var linkPool = caddy.NewUsagePool()
+
+// natsLink is one shared NATS connection. It connects on first start and
+// keeps reconnecting forever; loss and return are logged once each.
+type natsLink struct {
+	urls    string
+	options func(*zap.Logger, *natsLink) ([]nats.Option, error)
+	logger  *zap.Logger
+
+	once    sync.Once
+	err     error
+	nc      *nats.Conn
+	up      atomic.Bool
+	everUp  atomic.Bool
+	closing atomic.Bool
+}
+
+func acquireLink(key string, urls []string, options func(*zap.Logger, *natsLink) ([]nats.Option, error), logger *zap.Logger) (*natsLink, error) {
+	val, _, err := linkPool.LoadOrNew(key, func() (caddy.Destructor, error) {
+		return &natsLink{urls: strings.Join(urls, ","), options: options, logger: logger}, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return val.(*natsLink), nil
+}
+
+// start connects, once. NATS being unreachable is not an error: the
+// connection keeps trying in the background and the gateway serves what
+// it learns once connected.
+func (l *natsLink) start() error {
+	l.once.Do(func() {
+		opts, err := l.options(l.logger, l)
+		if err != nil {
+			l.err = err
+			return
+		}
+		nc, err := nats.Connect(l.urls, opts...)
+		if err != nil {
+			l.err = fmt.Errorf("cx: connecting to NATS at %s: %w", l.urls, err)
+			return
+		}
+		l.nc = nc
+		if nc.IsConnected() {
+			l.markUp(nc)
+		} else {
+			l.logger.Warn("NATS unreachable at start; routing starts once it connects, retrying in the background",
+				zap.String("servers", l.urls), zap.Error(nc.LastError()))
+		}
+	})
+	return l.err
+}
+
+func (l *natsLink) conn() *nats.Conn { return l.nc }
+
+func (l *natsLink) connected() bool { return l.up.Load() }
+
+func (l *natsLink) markUp(nc *nats.Conn) {
+	if l.up.Swap(true) {
+		return
+	}
+	verb := "connected to NATS"
+	if l.everUp.Swap(true) {
+		verb = "reconnected to NATS"
+	}
+	l.logger.Info(verb, zap.String("server", nc.ConnectedUrlRedacted()))
+}
+
+func (l *natsLink) markDown(err error) {
+	if !l.up.Swap(false) || l.closing.Load() {
+		return
+	}
+	l.logger.Warn("lost NATS connection; routing continues on the last known members", zap.Error(err))
+}
+
+// handlers are the connection callbacks, as in nats.go's examples.
+func (l *natsLink) handlers() []nats.Option {
+	return []nats.Option{
+		nats.ConnectHandler(l.markUp),
+		nats.ReconnectHandler(l.markUp),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { l.markDown(err) }),
+		nats.ClosedHandler(func(nc *nats.Conn) {
+			if !l.closing.Load() {
+				l.logger.Error("NATS connection closed", zap.Error(nc.LastError()))
+			}
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			subject := ""
+			if sub != nil {
+				subject = sub.Subject
+			}
+			l.logger.Warn("NATS error", zap.String("subject", subject), zap.Error(err))
+		}),
+	}
+}
+
+// Destruct closes the connection when no config uses it any more.
+func (l *natsLink) Destruct() error {
+	l.closing.Store(true)
+	if l.nc != nil {
+		l.nc.Close()
+	}
+	return nil
+}
+
+// options builds the nats.go options of the app's configuration.
+func (a *App) options(logger *zap.Logger, l *natsLink) ([]nats.Option, error) {
+	opts := []nats.Option{
+		nats.Name("caddy-cx gateway"),
+		nats.RetryOnFailedConnect(true),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.ReconnectJitter(250*time.Millisecond, time.Second),
+		nats.Timeout(2 * time.Second),
+		nats.PingInterval(5 * time.Second),
+		nats.MaxPingsOutstanding(2),
+		// A discover queued while disconnected is stale by the time it
+		// would be sent; the watcher sends a fresh one on reconnect.
+		nats.ReconnectBufSize(-1),
+	}
+	opts = append(opts, l.handlers()...)
+	auth, err := a.authOptions()
+	if err != nil {
+		return nil, err
+	}
+	return append(opts, auth...), nil
+}
+
+func (a *App) authOptions() ([]nats.Option, error) {
+	var opts []nats.Option
+	switch {
+	case a.Credentials != "":
+		opts = append(opts, nats.UserCredentials(a.Credentials))
+	case a.Token != "":
+		opts = append(opts, nats.Token(a.Token))
+	case a.User != "":
+		opts = append(opts, nats.UserInfo(a.User, a.Password))
+	case a.NKey != "":
+		opt, err := nats.NkeyOptionFromSeed(a.NKey)
+		if err != nil {
+			return nil, fmt.Errorf("cx: nkey seed file %s: %w", a.NKey, err)
+		}
+		opts = append(opts, opt)
+	}
+	if a.TLS != nil {
+		if a.TLS.CA != "" {
+			opts = append(opts, nats.RootCAs(a.TLS.CA))
+		}
+		if a.TLS.Cert != "" {
+			opts = append(opts, nats.ClientCert(a.TLS.Cert, a.TLS.Key))
+		}
+		if a.TLS.CA == "" && a.TLS.Cert == "" {
+			return nil, errors.New("cx: tls needs a ca file, a cert and key, or both")
+		}
+	}
+	return opts, nil
+}

@@ -1,0 +1,167 @@
+package caddymodule
+
+import (
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("cx_proxy", parseCxProxy)
+	httpcaddyfile.RegisterDirectiveOrder("cx_proxy", httpcaddyfile.After, "reverse_proxy")
+}
+
+// The defaults cx_proxy adds to reverse_proxy, each only where the block
+// does not set it. They are documented in the README as these lines.
+const (
+	// DefaultRetries is the most further tries of one request: at most
+	// one per candidate instance (the policy never repeats one).
+	DefaultRetries = MaxCandidates
+	// DefaultStreamCloseDelay keeps WebSockets and other streams open
+	// across config reloads (stock Caddy closes them at once).
+	DefaultStreamCloseDelay = "24h"
+	// DefaultIdleConnsPerHost keeps enough idle upstream connections for
+	// many concurrent clients, so that load does not churn connections.
+	DefaultIdleConnsPerHost = 128
+	// DefaultRetryMatch is nginx's `proxy_next_upstream error timeout
+	// http_502 http_503 http_504` for idempotent methods. Dial errors are
+	// retried for every method by reverse_proxy itself; POST, PATCH and
+	// LOCK are never replayed once sent.
+	DefaultRetryMatch = `
+lb_retry_match {
+	method GET HEAD OPTIONS PUT DELETE TRACE
+}
+lb_retry_match {
+	method GET HEAD OPTIONS PUT DELETE TRACE
+	expression ` + "`{http.reverse_proxy.status_code} in [502, 503, 504]`" + `
+}
+`
+)
+
+// parseCxProxy sets up cx_proxy: reverse_proxy with the cx upstream source
+// and cx's policy and retry defaults. Syntax:
+//
+//	cx_proxy [<matcher>] {
+//		subject_prefix <prefix>
+//		policy         failover|round_robin
+//		stale_after    <duration>
+//		forget_after   <duration>
+//		allow_networks <cidr...>
+//		priority       <id> <n>
+//		max_instances  <n>
+//		# ...and any reverse_proxy subdirective, which overrides a default
+//	}
+func parseCxProxy(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	source := new(Upstreams)
+	policy := "failover"
+	dispenser := h.NewFromNextSegment()
+	for dispenser.Next() {
+		if dispenser.NextArg() {
+			return nil, dispenser.Errf("cx_proxy takes no upstream addresses: instances announce themselves on NATS")
+		}
+		for dispenser.NextBlock(0) {
+			if dispenser.Nesting() != 1 {
+				continue
+			}
+			if err := cxProxyOption(dispenser, source, &policy); err != nil {
+				return nil, err
+			}
+		}
+	}
+	dispenser.Reset()
+	rp := new(reverseproxy.Handler)
+	if err := rp.UnmarshalCaddyfile(dispenser); err != nil {
+		return nil, err
+	}
+	if err := rp.FinalizeUnmarshalCaddyfile(h); err != nil {
+		return nil, err
+	}
+	if len(rp.Upstreams) > 0 || rp.DynamicUpstreamsRaw != nil {
+		return nil, h.Errf("cx_proxy: upstreams come from NATS; remove `to` and `dynamic`")
+	}
+	if err := applyProxyDefaults(rp, source, policy); err != nil {
+		return nil, err
+	}
+	return rp, nil
+}
+
+// cxProxyOption consumes one of cx_proxy's own options, deleting its
+// tokens so that reverse_proxy's parser does not see them.
+func cxProxyOption(d *caddyfile.Dispenser, source *Upstreams, policy *string) error {
+	switch d.Val() {
+	case "subject_prefix", "stale_after", "forget_after", "allow_networks", "priority", "max_instances":
+		line := takeLine(d)
+		return source.unmarshalOption(line)
+	case "policy":
+		line := takeLine(d)
+		if err := oneArg(line, policy); err != nil {
+			return err
+		}
+		if *policy != "failover" && *policy != "round_robin" {
+			return line.Errf("policy %q: allowed are failover (the default) and round_robin", *policy)
+		}
+	}
+	return nil
+}
+
+// takeLine removes the current option's line from d and returns it as a
+// dispenser positioned on the option name.
+func takeLine(d *caddyfile.Dispenser) *caddyfile.Dispenser {
+	seg := d.NextSegment()
+	d.DeleteN(len(seg))
+	line := caddyfile.NewDispenser(seg)
+	line.Next()
+	return line
+}
+
+func applyProxyDefaults(rp *reverseproxy.Handler, source *Upstreams, policy string) error {
+	rp.DynamicUpstreamsRaw = caddyconfig.JSONModuleObject(source, "source", "cx", nil)
+	if rp.LoadBalancing == nil {
+		rp.LoadBalancing = new(reverseproxy.LoadBalancing)
+	}
+	lb := rp.LoadBalancing
+	if lb.SelectionPolicyRaw == nil {
+		name := "cx_failover"
+		if policy == "round_robin" {
+			name = "cx_round_robin"
+		}
+		lb.SelectionPolicyRaw = caddyconfig.JSONModuleObject(struct{}{}, "policy", name, nil)
+	}
+	if lb.Retries == 0 && lb.TryDuration == 0 {
+		lb.Retries = DefaultRetries
+	}
+	if lb.RetryMatchRaw == nil {
+		sets, err := defaultRetryMatch()
+		if err != nil {
+			return err
+		}
+		lb.RetryMatchRaw = sets
+	}
+	if rp.StreamCloseDelay == 0 {
+		dur, _ := caddy.ParseDuration(DefaultStreamCloseDelay)
+		rp.StreamCloseDelay = caddy.Duration(dur)
+	}
+	if rp.TransportRaw == nil {
+		rp.TransportRaw = caddyconfig.JSONModuleObject(&reverseproxy.HTTPTransport{
+			KeepAlive: &reverseproxy.KeepAlive{MaxIdleConnsPerHost: DefaultIdleConnsPerHost},
+		}, "protocol", "http", nil)
+	}
+	return nil
+}
+
+// defaultRetryMatch parses DefaultRetryMatch with reverse_proxy's own
+// Caddyfile parser, so the defaults are exactly the documented lines.
+func defaultRetryMatch() (caddyhttp.RawMatcherSets, error) {
+	tokens, err := caddyfile.Tokenize([]byte("reverse_proxy {"+DefaultRetryMatch+"}"), "cx_proxy defaults")
+	if err != nil {
+		return nil, err
+	}
+	rp := new(reverseproxy.Handler)
+	if err := rp.UnmarshalCaddyfile(caddyfile.NewDispenser(tokens)); err != nil {
+		return nil, err
+	}
+	return rp.LoadBalancing.RetryMatchRaw, nil
+}

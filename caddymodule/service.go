@@ -1,0 +1,139 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/nats-io/nats.go"
+	"go.uber.org/zap"
+
+	"github.com/caddy-cx/caddy-cx/heartbeat"
+	"github.com/caddy-cx/caddy-cx/membership"
+)
+
+// servicePool holds the membership of each (connection, prefix, settings),
+// so that a reload keeps what the gateway knows instead of starting blind.
+var servicePool = caddy.NewUsagePool()
+
+// Service is the membership of one subject prefix: a registry fed by a
+// watcher on the shared NATS connection.
+type Service struct {
+	key    string
+	prefix string
+	reg    *membership.Registry
+	log    *eventLog
+
+	mu      sync.Mutex
+	watcher *membership.Watcher
+}
+
+type serviceKey struct {
+	Link          string
+	Prefix        string
+	StaleAfter    time.Duration
+	ForgetAfter   time.Duration
+	MaxInstances  int
+	AllowNetworks []string
+	Priority      map[string]int
+}
+
+func keyOf(link string, cfg membership.Config) string {
+	k := serviceKey{Link: link, Prefix: cfg.Prefix, StaleAfter: cfg.StaleAfter, ForgetAfter: cfg.ForgetAfter,
+		MaxInstances: cfg.MaxInstances, Priority: cfg.Priority}
+	for _, n := range cfg.AllowNetworks {
+		k.AllowNetworks = append(k.AllowNetworks, n.String())
+	}
+	b, _ := json.Marshal(k)
+	return string(b)
+}
+
+func acquireService(link string, cfg membership.Config, logger *zap.Logger) (*Service, error) {
+	if cfg.Prefix == "" {
+		cfg.Prefix = heartbeat.DefaultPrefix
+	}
+	key := keyOf(link, cfg)
+	val, _, err := servicePool.LoadOrNew(key, func() (caddy.Destructor, error) {
+		s := &Service{key: key, prefix: cfg.Prefix, log: newEventLog(logger.With(zap.String("service", cfg.Prefix)))}
+		cfg.OnEvent = s.log.event
+		reg, err := membership.New(cfg)
+		if err != nil {
+			return nil, err
+		}
+		s.reg = reg
+		s.inherit(link)
+		return s, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return val.(*Service), nil
+}
+
+// inherit seeds a new registry (settings changed in a reload) with the
+// members another service of the same prefix knows, re-checked against
+// the new settings, so that routing does not wait for the next heartbeats.
+func (s *Service) inherit(link string) {
+	servicePool.Range(func(_, val any) bool {
+		other, ok := val.(*Service)
+		if !ok || other.prefix != s.prefix || other.key == s.key {
+			return true
+		}
+		var k serviceKey
+		if json.Unmarshal([]byte(other.key), &k) != nil || k.Link != link {
+			return true
+		}
+		now := time.Now()
+		for _, m := range other.reg.Members() {
+			if m.State == membership.StateActive || m.State == membership.StateDraining {
+				s.reg.Apply(messageOf(m), now)
+			}
+		}
+		return false
+	})
+}
+
+func messageOf(m membership.Member) *heartbeat.Message {
+	state := heartbeat.StateReady
+	if m.State == membership.StateDraining {
+		state = heartbeat.StateDraining
+	}
+	return &heartbeat.Message{Proto: heartbeat.Proto, ID: m.ID, URL: m.URL, State: state,
+		StartedAt: m.StartedAt, Seq: m.Seq, IntervalMS: int(m.Interval / time.Millisecond),
+		Version: m.Version, Priority: m.AnnouncedPriority, LeaderRoles: m.LeaderRoles, Meta: m.Meta}
+}
+
+// start begins watching on nc; a started service stays started.
+func (s *Service) start(nc *nats.Conn) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.watcher != nil {
+		return nil
+	}
+	w := membership.NewWatcher(nc, s.reg)
+	w.OnError = func(err error) { s.log.logger.Warn("publishing discover", zap.Error(err)) }
+	if err := w.Start(); err != nil {
+		return err
+	}
+	s.watcher = w
+	return nil
+}
+
+// Prefix is the subject prefix of this service.
+func (s *Service) Prefix() string { return s.prefix }
+
+// Registry is the membership registry of this service.
+func (s *Service) Registry() *membership.Registry { return s.reg }
+
+// Destruct stops watching when no config uses the service any more.
+func (s *Service) Destruct() error {
+	s.mu.Lock()
+	w := s.watcher
+	s.watcher = nil
+	s.mu.Unlock()
+	if w != nil {
+		w.Stop()
+	}
+	return nil
+}

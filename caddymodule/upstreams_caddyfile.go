@@ -1,0 +1,108 @@
+package caddymodule
+
+import (
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/caddy-cx/caddy-cx/heartbeat"
+)
+
+// UnmarshalCaddyfile sets up the source from Caddyfile tokens. Syntax:
+//
+//	dynamic cx {
+//		subject_prefix <prefix>
+//		stale_after    <duration>
+//		forget_after   <duration>
+//		allow_networks <cidr...>
+//		priority       <id> <n>
+//		max_instances  <n>
+//	}
+func (u *Upstreams) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // source name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		if err := u.unmarshalOption(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// unmarshalOption reads one option of the source; cx_proxy shares it.
+func (u *Upstreams) unmarshalOption(d *caddyfile.Dispenser) error {
+	switch opt := d.Val(); opt {
+	case "subject_prefix":
+		if err := oneArg(d, &u.SubjectPrefix); err != nil {
+			return err
+		}
+		if err := heartbeat.ValidPrefix(u.SubjectPrefix); err != nil {
+			return d.Errf("subject_prefix: %v", err)
+		}
+	case "stale_after":
+		return durationArg(d, (*caddy.Duration)(&u.StaleAfter))
+	case "forget_after":
+		return durationArg(d, (*caddy.Duration)(&u.ForgetAfter))
+	case "allow_networks":
+		nets := d.RemainingArgs()
+		if len(nets) == 0 {
+			return d.Errf("allow_networks needs at least one CIDR network, like 10.0.0.0/8")
+		}
+		u.AllowNetworks = append(u.AllowNetworks, nets...)
+	case "priority":
+		return u.unmarshalPriority(d)
+	case "max_instances":
+		var s string
+		if err := oneArg(d, &s); err != nil {
+			return err
+		}
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			return d.Errf("max_instances: %q is not a positive whole number", s)
+		}
+		u.MaxInstances = n
+	default:
+		return d.Errf("unknown option %q; allowed: subject_prefix, stale_after, forget_after, allow_networks, priority, max_instances", opt)
+	}
+	return nil
+}
+
+func (u *Upstreams) unmarshalPriority(d *caddyfile.Dispenser) error {
+	args := d.RemainingArgs()
+	if len(args) != 2 {
+		return d.Errf("priority takes an instance id and a number, like: priority app1 0")
+	}
+	if !heartbeat.ValidID(args[0]) {
+		return d.Errf("priority: %q is not an instance id (1 to 64 of A-Z a-z 0-9 _ -)", args[0])
+	}
+	n, err := strconv.Atoi(args[1])
+	if err != nil || n < heartbeat.MinPriority || n > heartbeat.MaxPriority {
+		return d.Errf("priority: %q is not a whole number from %d to %d", args[1], heartbeat.MinPriority, heartbeat.MaxPriority)
+	}
+	if u.Priority == nil {
+		u.Priority = map[string]int{}
+	}
+	u.Priority[args[0]] = n
+	return nil
+}
+
+// durationArg reads one duration argument into dst.
+func durationArg(d *caddyfile.Dispenser, dst *caddy.Duration) error {
+	name := d.Val()
+	var s string
+	if err := oneArg(d, &s); err != nil {
+		return err
+	}
+	dur, err := caddy.ParseDuration(s)
+	if err != nil || dur <= 0 {
+		return d.Errf("%s: %q is not a positive duration like 3s or 500ms", name, s)
+	}
+	*dst = caddy.Duration(dur)
+	return nil
+}
+
+// Interface guard.
+var _ caddyfile.Unmarshaler = (*Upstreams)(nil)

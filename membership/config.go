@@ -1,0 +1,113 @@
+package membership
+
+import (
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/caddy-cx/caddy-cx/heartbeat"
+)
+
+// Defaults for Config's zero values.
+const (
+	DefaultForgetAfter  = 5 * time.Minute
+	DefaultMaxInstances = 10000
+	StaleFactor         = 3
+)
+
+// Config tunes a Registry. The zero value is usable.
+type Config struct {
+	// Prefix is the subject prefix heartbeats arrive under.
+	Prefix string
+	// StaleAfter is the silence after which a member turns stale; zero
+	// means StaleFactor times the member's own interval.
+	StaleAfter time.Duration
+	// ForgetAfter is how long stale and left members stay listed.
+	ForgetAfter time.Duration
+	// MaxInstances bounds the members kept; heartbeats of further ids are
+	// rejected (after evicting the oldest stale or left member, if any).
+	MaxInstances int
+	// AllowNetworks, when not empty, restricts instance urls to IP
+	// literals inside these networks.
+	AllowNetworks []netip.Prefix
+	// Priority overrides the announced priority of the ids it names.
+	Priority map[string]int
+	// OnEvent, if set, is told of every change, outside the registry's lock.
+	OnEvent func(Event)
+}
+
+func (c *Config) setDefaults() error {
+	if c.Prefix == "" {
+		c.Prefix = heartbeat.DefaultPrefix
+	}
+	if err := heartbeat.ValidPrefix(c.Prefix); err != nil {
+		return err
+	}
+	if c.StaleAfter < 0 {
+		return fmt.Errorf("stale_after must not be negative")
+	}
+	if c.ForgetAfter < 0 {
+		return fmt.Errorf("forget_after must not be negative")
+	}
+	if c.ForgetAfter == 0 {
+		c.ForgetAfter = DefaultForgetAfter
+	}
+	if c.MaxInstances < 0 {
+		return fmt.Errorf("max_instances must not be negative")
+	}
+	if c.MaxInstances == 0 {
+		c.MaxInstances = DefaultMaxInstances
+	}
+	if len(c.AllowNetworks) > 0 {
+		nets := make([]netip.Prefix, len(c.AllowNetworks))
+		for i, n := range c.AllowNetworks {
+			if !n.IsValid() {
+				return fmt.Errorf("allow_networks: invalid network %v", n)
+			}
+			nets[i] = unmapPrefix(n)
+		}
+		c.AllowNetworks = nets
+	}
+	for id, p := range c.Priority {
+		if !heartbeat.ValidID(id) {
+			return fmt.Errorf("priority override: %q is not a valid instance id", id)
+		}
+		if p < heartbeat.MinPriority || p > heartbeat.MaxPriority {
+			return fmt.Errorf("priority override for %s: %d is outside %d to %d", id, p, heartbeat.MinPriority, heartbeat.MaxPriority)
+		}
+	}
+	return nil
+}
+
+// unmapPrefix turns an IPv4-mapped IPv6 network (::ffff:10.0.0.0/104) into
+// its IPv4 form, since urls' addresses are unmapped before the check.
+func unmapPrefix(n netip.Prefix) netip.Prefix {
+	if a := n.Addr(); a.Is4In6() && n.Bits() >= 96 {
+		return netip.PrefixFrom(a.Unmap(), n.Bits()-96).Masked()
+	}
+	return n
+}
+
+func (c *Config) allowed(rawURL string) bool {
+	if len(c.AllowNetworks) == 0 {
+		return true
+	}
+	ip, ok := heartbeat.IPHost(rawURL)
+	if !ok {
+		return false
+	}
+	ip = ip.Unmap()
+	for _, n := range c.AllowNetworks {
+		if n.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *Config) staleAfter(interval time.Duration) time.Duration {
+	if c.StaleAfter > 0 {
+		return c.StaleAfter
+	}
+	return StaleFactor * interval
+}

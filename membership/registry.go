@@ -1,0 +1,303 @@
+package membership
+
+import (
+	"maps"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddy-cx/caddy-cx/heartbeat"
+)
+
+// Registry holds the members of one subject prefix. Heartbeats and sweeps
+// change it under a lock; readers of Snapshot never block.
+type Registry struct {
+	cfg      Config
+	snapshot atomic.Pointer[Snapshot]
+
+	mu         sync.Mutex
+	members    map[string]*entry
+	frozen     bool
+	generation uint64
+	pending    []Event
+}
+
+// entry is a member plus what the registry needs to judge later messages.
+type entry struct {
+	Member
+	// previous process of this id, for telling a restart's stragglers from
+	// a second live process claiming the same id.
+	prevStartedAt time.Time
+	prevSeq       int64
+	// thawedAt is when the registry last thawed while this member was
+	// live: staleness is judged from the later of it and LastSeen, so that
+	// LastSeen keeps meaning the last accepted heartbeat.
+	thawedAt time.Time
+}
+
+// New returns an empty registry.
+func New(cfg Config) (*Registry, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	r := &Registry{cfg: cfg, members: make(map[string]*entry)}
+	r.snapshot.Store(&Snapshot{})
+	return r, nil
+}
+
+// Config returns the registry's configuration with defaults applied.
+func (r *Registry) Config() Config { return r.cfg }
+
+// Snapshot returns the current routing view. It never blocks.
+func (r *Registry) Snapshot() *Snapshot { return r.snapshot.Load() }
+
+// Observe decodes a message received on subject and applies it.
+func (r *Registry) Observe(subject string, data []byte, now time.Time) error {
+	m, err := heartbeat.Decode(r.cfg.Prefix, subject, data)
+	if err != nil {
+		reason := "invalid"
+		if e, ok := err.(*heartbeat.Error); ok {
+			reason = e.Field
+		}
+		id, _ := heartbeat.IDFromSubject(r.cfg.Prefix, subject)
+		r.emit(Event{Kind: EventRejected, ID: sanitizeID(id), Reason: reason, Detail: err.Error()})
+		return err
+	}
+	r.Apply(m, now)
+	return nil
+}
+
+// Apply applies a valid heartbeat received at now.
+func (r *Registry) Apply(m *heartbeat.Message, now time.Time) {
+	r.mu.Lock()
+	changed := r.apply(m, now)
+	if changed {
+		r.rebuild()
+	}
+	events := r.takeEvents()
+	r.mu.Unlock()
+	r.report(events)
+}
+
+func (r *Registry) apply(m *heartbeat.Message, now time.Time) (routingChanged bool) {
+	if !r.cfg.allowed(m.URL) {
+		r.queue(Event{Kind: EventRejected, ID: m.ID, URL: m.URL, Reason: "network",
+			Detail: "url " + m.URL + " is outside allow_networks"})
+		return false
+	}
+	e, known := r.members[m.ID]
+	if !known {
+		return r.admit(m, now)
+	}
+	switch {
+	case m.StartedAt.Before(e.StartedAt):
+		r.fromOlderProcess(e, m)
+		return false
+	case m.StartedAt.After(e.StartedAt):
+		return r.restart(e, m, now)
+	case m.Seq <= e.Seq || e.State == StateLeft:
+		return false
+	}
+	return r.update(e, m, now)
+}
+
+func (r *Registry) admit(m *heartbeat.Message, now time.Time) bool {
+	if m.State == heartbeat.StateLeaving {
+		return false
+	}
+	if len(r.members) >= r.cfg.MaxInstances && !r.evictOne() {
+		r.queue(Event{Kind: EventRejected, ID: m.ID, URL: m.URL, Reason: "capacity",
+			Detail: "the registry already holds max_instances members"})
+		return false
+	}
+	e := &entry{}
+	r.fill(e, m, now)
+	r.members[m.ID] = e
+	r.queue(Event{Kind: EventJoin, ID: m.ID, URL: m.URL})
+	return e.routable()
+}
+
+// evictOne drops the longest-stale or longest-left member to make room.
+func (r *Registry) evictOne() bool {
+	var victim *entry
+	for _, e := range r.members {
+		if e.State != StateStale && e.State != StateLeft {
+			continue
+		}
+		if victim == nil || e.Since.Before(victim.Since) {
+			victim = e
+		}
+	}
+	if victim == nil {
+		return false
+	}
+	delete(r.members, victim.ID)
+	r.queue(Event{Kind: EventForget, ID: victim.ID, URL: victim.URL})
+	return true
+}
+
+func (r *Registry) fromOlderProcess(e *entry, m *heartbeat.Message) {
+	if m.State == heartbeat.StateLeaving {
+		return
+	}
+	if !m.StartedAt.Equal(e.prevStartedAt) {
+		// The first message seen from this older process (the gateway may
+		// have met the newer one first): remember it; a further message
+		// from it proves a second live process.
+		if m.StartedAt.After(e.prevStartedAt) {
+			e.prevStartedAt, e.prevSeq = m.StartedAt, m.Seq
+		}
+		return
+	}
+	if m.Seq <= e.prevSeq {
+		return
+	}
+	e.prevSeq = m.Seq
+	r.queue(Event{Kind: EventConflict, ID: m.ID, URL: m.URL,
+		Detail: "two live processes claim this id; the one started at " + e.StartedAt.Format(time.RFC3339Nano) +
+			" wins over the one started at " + m.StartedAt.Format(time.RFC3339Nano)})
+}
+
+func (r *Registry) restart(e *entry, m *heartbeat.Message, now time.Time) bool {
+	if m.State == heartbeat.StateLeaving {
+		return false
+	}
+	e.prevStartedAt, e.prevSeq = e.StartedAt, e.Seq
+	before := e.route()
+	r.fill(e, m, now)
+	r.queue(Event{Kind: EventRestart, ID: m.ID, URL: m.URL})
+	return e.route() != before
+}
+
+func (r *Registry) update(e *entry, m *heartbeat.Message, now time.Time) bool {
+	before := e.route()
+	wasState := e.State
+	r.fill(e, m, now)
+	if e.State != wasState {
+		r.queue(Event{Kind: transitionKind(e.State), ID: e.ID, URL: e.URL})
+	}
+	return e.route() != before
+}
+
+func transitionKind(s State) EventKind {
+	switch s {
+	case StateLeft:
+		return EventLeave
+	case StateDraining:
+		return EventDraining
+	default:
+		return EventReady
+	}
+}
+
+// route is what decides routing and ordering; a change in it rebuilds the
+// snapshot. It is the zero value for a member that is not routed, so that
+// changes to such a member rebuild nothing.
+type routeKey struct {
+	Route
+	routable bool
+	// startedAt in UTC: time.Time values of one instant compare equal with
+	// == only in the same *Location, and time.Parse makes a new one for
+	// every offset that is not whole hours (e.g. +05:30).
+	startedAt time.Time
+}
+
+func (e *entry) route() routeKey {
+	if !e.routable() {
+		return routeKey{}
+	}
+	return routeKey{
+		Route:     Route{ID: e.ID, Dial: e.Dial, Priority: e.Priority, Version: e.Version},
+		routable:  true,
+		startedAt: e.StartedAt.UTC(),
+	}
+}
+
+func (r *Registry) fill(e *entry, m *heartbeat.Message, now time.Time) {
+	state := stateOf(m.State)
+	if state != e.State {
+		e.Since = now
+	}
+	e.ID, e.URL, e.Dial, e.State = m.ID, m.URL, heartbeat.HostPort(m.URL), state
+	e.Version, e.StartedAt, e.Seq, e.Interval = m.Version, m.StartedAt, m.Seq, m.Interval()
+	e.AnnouncedPriority, e.Priority = m.Priority, m.Priority
+	if p, ok := r.cfg.Priority[m.ID]; ok {
+		e.Priority = p
+	}
+	e.LeaderRoles, e.Meta = slices.Clone(m.LeaderRoles), maps.Clone(m.Meta)
+	e.LastSeen = now
+	e.StaleAfter = r.cfg.staleAfter(e.Interval)
+}
+
+// rebuild publishes a new snapshot; the lock must be held.
+func (r *Registry) rebuild() {
+	r.generation++
+	r.snapshot.Store(buildSnapshot(r.sorted(), r.generation))
+}
+
+func (r *Registry) sorted() []*Member {
+	out := make([]*Member, 0, len(r.members))
+	for _, e := range r.members {
+		out = append(out, &e.Member)
+	}
+	slices.SortFunc(out, func(a, b *Member) int {
+		switch {
+		case less(a, b):
+			return -1
+		case less(b, a):
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+// Members returns a copy of every known member, ordered as routed.
+func (r *Registry) Members() []Member {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	sorted := r.sorted()
+	out := make([]Member, len(sorted))
+	for i, m := range sorted {
+		out[i] = *m
+		out[i].LeaderRoles = slices.Clone(m.LeaderRoles)
+		out[i].Meta = maps.Clone(m.Meta)
+	}
+	return out
+}
+
+// Frozen reports whether staleness is suspended (NATS is disconnected).
+func (r *Registry) Frozen() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.frozen
+}
+
+func (r *Registry) queue(ev Event) { r.pending = append(r.pending, ev) }
+
+func (r *Registry) takeEvents() []Event {
+	ev := r.pending
+	r.pending = nil
+	return ev
+}
+
+func (r *Registry) report(events []Event) {
+	for _, ev := range events {
+		r.emit(ev)
+	}
+}
+
+func (r *Registry) emit(ev Event) {
+	if r.cfg.OnEvent != nil {
+		r.cfg.OnEvent(ev)
+	}
+}
+
+// sanitizeID keeps ids from untrusted subjects usable in logs and labels.
+func sanitizeID(id string) string {
+	if heartbeat.ValidID(id) {
+		return id
+	}
+	return ""
+}
