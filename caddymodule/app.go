@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/url"
 	"sync"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
@@ -202,8 +203,8 @@ func (a *App) Cleanup() error {
 
 // Service returns the membership of one subject prefix, shared with every
 // other user of the same configuration, across reloads.
-func (a *App) Service(cfg membership.Config) (*Service, error) {
-	s, err := acquireService(a.linkKey, cfg, a.logger)
+func (a *App) Service(cfg membership.Config, failTimeout time.Duration) (*Service, error) {
+	s, err := acquireService(a.linkKey, cfg, failTimeout, a.logger)
 	if err != nil {
 		return nil, err
 	}

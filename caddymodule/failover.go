@@ -32,7 +32,7 @@ func (Failover) CaddyModule() caddy.ModuleInfo {
 
 // Select returns the upstream for this try of the request.
 func (p *Failover) Select(pool reverseproxy.UpstreamPool, r *http.Request, _ http.ResponseWriter) *reverseproxy.Upstream {
-	return selectTiered(pool, r, &p.turn, tiersOf(r, pool))
+	return selectTiered(pool, r, &p.turn, false)
 }
 
 // UnmarshalCaddyfile sets up the policy from Caddyfile tokens. Syntax:

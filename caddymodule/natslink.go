@@ -129,7 +129,9 @@ func (a *App) options(logger *zap.Logger, l *natsLink) ([]nats.Option, error) {
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.ReconnectJitter(250*time.Millisecond, time.Second),
 		nats.Timeout(2 * time.Second),
-		nats.PingInterval(5 * time.Second),
+		// A silent partition is noticed within about 2s, before members
+		// would turn stale for a silence that proves nothing.
+		nats.PingInterval(time.Second),
 		nats.MaxPingsOutstanding(2),
 		// A discover queued while disconnected is stale by the time it
 		// would be sent; the watcher sends a fresh one on reconnect.

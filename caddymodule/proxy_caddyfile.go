@@ -49,6 +49,7 @@ lb_retry_match {
 //		policy         failover|round_robin
 //		stale_after    <duration>
 //		forget_after   <duration>
+//		fail_timeout   <duration>
 //		allow_networks <cidr...>
 //		priority       <id> <n>
 //		max_instances  <n>
@@ -92,7 +93,7 @@ func parseCxProxy(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 // tokens so that reverse_proxy's parser does not see them.
 func cxProxyOption(d *caddyfile.Dispenser, source *Upstreams, policy *string) error {
 	switch d.Val() {
-	case "subject_prefix", "stale_after", "forget_after", "allow_networks", "priority", "max_instances":
+	case "subject_prefix", "stale_after", "forget_after", "fail_timeout", "allow_networks", "priority", "max_instances":
 		line := takeLine(d)
 		return source.unmarshalOption(line)
 	case "policy":

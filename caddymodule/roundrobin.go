@@ -29,7 +29,7 @@ func (RoundRobin) CaddyModule() caddy.ModuleInfo {
 
 // Select returns the upstream for this try of the request.
 func (p *RoundRobin) Select(pool reverseproxy.UpstreamPool, r *http.Request, _ http.ResponseWriter) *reverseproxy.Upstream {
-	return selectTiered(pool, r, &p.turn, []int{len(pool)})
+	return selectTiered(pool, r, &p.turn, true)
 }
 
 // UnmarshalCaddyfile sets up the policy from Caddyfile tokens. Syntax:

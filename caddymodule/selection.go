@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"net/http"
 	"sync/atomic"
+	"time"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -11,13 +12,25 @@ import (
 
 // Request variables shared by the cx upstream source and policies.
 const (
-	varTiers = "cx.tiers" // []int: end index of each priority tier in the pool
-	varTried = "cx.tried" // *triedSet: upstreams this request already failed on
+	varCandidates = "cx.candidates" // *candidateInfo
+	varTried      = "cx.tried"      // *triedSet
 )
 
+// candidateInfo is what the cx source tells the policy about the pool it
+// returned.
+type candidateInfo struct {
+	// tiers holds the end index of each priority tier in the pool.
+	tiers []int
+	// health is the service's passive health, where failures are marked.
+	health *passiveHealth
+}
+
 // triedSet is the upstreams one request was sent to. The proxy only asks
-// for another upstream after a failure, so each of them failed it.
-type triedSet struct{ dials []string }
+// for another upstream after a failure it retries, so each of them failed.
+type triedSet struct {
+	dials  []string
+	marked int // how many of dials were marked failed already
+}
 
 func (t *triedSet) has(dial string) bool {
 	for _, d := range t.dials {
@@ -37,22 +50,35 @@ func triedOf(r *http.Request) *triedSet {
 	return t
 }
 
-// tiersOf returns the tier boundaries the cx source recorded for this
-// pool, or one tier of the whole pool.
-func tiersOf(r *http.Request, pool reverseproxy.UpstreamPool) []int {
-	tiers, ok := caddyhttp.GetVar(r.Context(), varTiers).([]int)
-	if !ok || len(tiers) == 0 || tiers[len(tiers)-1] != len(pool) {
-		return []int{len(pool)}
+// infoOf returns what the cx source recorded for this pool; for other
+// sources, one tier of the whole pool and no passive health.
+func infoOf(r *http.Request, pool reverseproxy.UpstreamPool) candidateInfo {
+	info, ok := caddyhttp.GetVar(r.Context(), varCandidates).(*candidateInfo)
+	if !ok || len(info.tiers) == 0 || info.tiers[len(info.tiers)-1] != len(pool) {
+		return candidateInfo{tiers: []int{len(pool)}}
 	}
-	return tiers
+	return *info
 }
 
-// roundRobin picks, in turn, one of ups that is available and was not
-// tried by this request yet; nil if there is none.
-func roundRobin(ups []*reverseproxy.Upstream, tried *triedSet, turn *uint64) *reverseproxy.Upstream {
+// pick is a choice among a slice of upstreams.
+type pick struct {
+	tried  *triedSet
+	health *passiveHealth
+	now    time.Time
+	// lenient also accepts instances marked failing: when every instance
+	// failed recently, trying one beats refusing the request.
+	lenient bool
+}
+
+func (p *pick) eligible(u *reverseproxy.Upstream) bool {
+	return u.Available() && !p.tried.has(u.Dial) && (p.lenient || !p.health.failing(u.Dial, p.now))
+}
+
+// roundRobin picks, in turn, one of the eligible ups; nil if none is.
+func (p *pick) roundRobin(ups []*reverseproxy.Upstream, turn *uint64) *reverseproxy.Upstream {
 	eligible := 0
 	for _, u := range ups {
-		if u.Available() && !tried.has(u.Dial) {
+		if p.eligible(u) {
 			eligible++
 		}
 	}
@@ -61,7 +87,7 @@ func roundRobin(ups []*reverseproxy.Upstream, tried *triedSet, turn *uint64) *re
 	}
 	k := int(atomic.AddUint64(turn, 1) % uint64(eligible))
 	for _, u := range ups {
-		if !u.Available() || tried.has(u.Dial) {
+		if !p.eligible(u) {
 			continue
 		}
 		if k == 0 {
@@ -73,18 +99,37 @@ func roundRobin(ups []*reverseproxy.Upstream, tried *triedSet, turn *uint64) *re
 }
 
 // selectTiered picks round-robin within the best tier that has an eligible
-// upstream, and records the pick as tried.
-func selectTiered(pool reverseproxy.UpstreamPool, r *http.Request, turn *uint64, tiers []int) *reverseproxy.Upstream {
-	tried := triedOf(r)
-	start := 0
-	for _, end := range tiers {
-		if u := roundRobin(pool[start:end], tried, turn); u != nil {
-			tried.dials = append(tried.dials, u.Dial)
-			return u
+// upstream (every tier as one when flat), and records the pick as tried.
+func selectTiered(pool reverseproxy.UpstreamPool, r *http.Request, turn *uint64, flat bool) *reverseproxy.Upstream {
+	info := infoOf(r, pool)
+	if flat {
+		info.tiers = []int{len(pool)}
+	}
+	p := &pick{tried: triedOf(r), health: info.health, now: time.Now()}
+	p.markFailures()
+	for _, lenient := range []bool{false, true} {
+		p.lenient = lenient
+		start := 0
+		for _, end := range info.tiers {
+			if u := p.roundRobin(pool[start:end], turn); u != nil {
+				p.tried.dials = append(p.tried.dials, u.Dial)
+				return u
+			}
+			start = end
 		}
-		start = end
 	}
 	return nil
+}
+
+// markFailures marks every earlier pick of this request as failed.
+func (p *pick) markFailures() {
+	if p.health == nil {
+		return
+	}
+	for _, d := range p.tried.dials[p.tried.marked:] {
+		p.health.fail(d, p.now)
+	}
+	p.tried.marked = len(p.tried.dials)
 }
 
 // noOptions accepts a policy name followed by nothing.

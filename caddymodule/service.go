@@ -24,6 +24,7 @@ type Service struct {
 	prefix string
 	reg    *membership.Registry
 	log    *eventLog
+	health *passiveHealth
 
 	mu      sync.Mutex
 	watcher *membership.Watcher
@@ -37,11 +38,12 @@ type serviceKey struct {
 	MaxInstances  int
 	AllowNetworks []string
 	Priority      map[string]int
+	FailTimeout   time.Duration
 }
 
-func keyOf(link string, cfg membership.Config) string {
+func keyOf(link string, cfg membership.Config, failTimeout time.Duration) string {
 	k := serviceKey{Link: link, Prefix: cfg.Prefix, StaleAfter: cfg.StaleAfter, ForgetAfter: cfg.ForgetAfter,
-		MaxInstances: cfg.MaxInstances, Priority: cfg.Priority}
+		MaxInstances: cfg.MaxInstances, Priority: cfg.Priority, FailTimeout: failTimeout}
 	for _, n := range cfg.AllowNetworks {
 		k.AllowNetworks = append(k.AllowNetworks, n.String())
 	}
@@ -49,26 +51,30 @@ func keyOf(link string, cfg membership.Config) string {
 	return string(b)
 }
 
-func acquireService(link string, cfg membership.Config, logger *zap.Logger) (*Service, error) {
+func acquireService(link string, cfg membership.Config, failTimeout time.Duration, logger *zap.Logger) (*Service, error) {
 	if cfg.Prefix == "" {
 		cfg.Prefix = heartbeat.DefaultPrefix
 	}
-	key := keyOf(link, cfg)
-	val, _, err := servicePool.LoadOrNew(key, func() (caddy.Destructor, error) {
-		s := &Service{key: key, prefix: cfg.Prefix, log: newEventLog(logger.With(zap.String("service", cfg.Prefix)))}
-		cfg.OnEvent = s.log.event
+	key := keyOf(link, cfg, failTimeout)
+	val, loaded, err := servicePool.LoadOrNew(key, func() (caddy.Destructor, error) {
+		s := &Service{key: key, prefix: cfg.Prefix, log: newEventLog(logger.With(zap.String("service", cfg.Prefix))),
+			health: &passiveHealth{timeout: failTimeout}}
+		cfg.OnEvent = s.onEvent
 		reg, err := membership.New(cfg)
 		if err != nil {
 			return nil, err
 		}
 		s.reg = reg
-		s.inherit(link)
 		return s, nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	return val.(*Service), nil
+	s := val.(*Service)
+	if !loaded {
+		s.inherit(link)
+	}
+	return s, nil
 }
 
 // inherit seeds a new registry (settings changed in a reload) with the
@@ -102,6 +108,15 @@ func messageOf(m membership.Member) *heartbeat.Message {
 	return &heartbeat.Message{Proto: heartbeat.Proto, ID: m.ID, URL: m.URL, State: state,
 		StartedAt: m.StartedAt, Seq: m.Seq, IntervalMS: int(m.Interval / time.Millisecond),
 		Version: m.Version, Priority: m.AnnouncedPriority, LeaderRoles: m.LeaderRoles, Meta: m.Meta}
+}
+
+func (s *Service) onEvent(ev membership.Event) {
+	switch ev.Kind {
+	case membership.EventJoin, membership.EventRestart, membership.EventReady:
+		// a new process, or one that proved alive again, starts clean.
+		s.health.clear(heartbeat.HostPort(ev.URL))
+	}
+	s.log.event(ev)
 }
 
 // start begins watching on nc; a started service stays started.

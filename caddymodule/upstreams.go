@@ -47,6 +47,12 @@ type Upstreams struct {
 	// (lower is preferred).
 	Priority map[string]int `json:"priority,omitempty"`
 
+	// FailTimeout is how long an instance that failed a request (a
+	// connection error; 502, 503, 504 or a timeout of an idempotent
+	// request) is passed over while others are available, as nginx's
+	// fail_timeout. A restart or a return from stale clears it. Default: 10s.
+	FailTimeout caddy.Duration `json:"fail_timeout,omitempty"`
+
 	// MaxInstances bounds how many instances are tracked; heartbeats of
 	// further ids are rejected and counted. Default: 10000.
 	MaxInstances int `json:"max_instances,omitempty"`
@@ -73,7 +79,11 @@ func (u *Upstreams) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("loading cx app: %v", err)
 	}
-	svc, err := appIface.(*App).Service(cfg)
+	failTimeout := time.Duration(u.FailTimeout)
+	if failTimeout == 0 {
+		failTimeout = DefaultFailTimeout
+	}
+	svc, err := appIface.(*App).Service(cfg, failTimeout)
 	if err != nil {
 		return err
 	}
@@ -95,8 +105,8 @@ func (u *Upstreams) config() (membership.Config, error) {
 	if err := heartbeat.ValidPrefix(cfg.Prefix); err != nil {
 		return cfg, fmt.Errorf("cx: subject_prefix: %v", err)
 	}
-	if u.MaxInstances < 0 || u.StaleAfter < 0 || u.ForgetAfter < 0 {
-		return cfg, fmt.Errorf("cx: max_instances, stale_after and forget_after must not be negative")
+	if u.MaxInstances < 0 || u.StaleAfter < 0 || u.ForgetAfter < 0 || u.FailTimeout < 0 {
+		return cfg, fmt.Errorf("cx: max_instances, stale_after, forget_after and fail_timeout must not be negative")
 	}
 	for _, s := range u.AllowNetworks {
 		p, err := netip.ParsePrefix(s)
@@ -117,7 +127,7 @@ func (u *Upstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, err
 	for i := range routes {
 		ups[i] = &reverseproxy.Upstream{Dial: routes[i].Dial}
 	}
-	caddyhttp.SetVar(r.Context(), varTiers, tiers)
+	caddyhttp.SetVar(r.Context(), varCandidates, &candidateInfo{tiers: tiers, health: u.service.health})
 	return ups, nil
 }
 

@@ -15,6 +15,7 @@ import (
 //		subject_prefix <prefix>
 //		stale_after    <duration>
 //		forget_after   <duration>
+//		fail_timeout   <duration>
 //		allow_networks <cidr...>
 //		priority       <id> <n>
 //		max_instances  <n>
@@ -46,6 +47,8 @@ func (u *Upstreams) unmarshalOption(d *caddyfile.Dispenser) error {
 		return durationArg(d, (*caddy.Duration)(&u.StaleAfter))
 	case "forget_after":
 		return durationArg(d, (*caddy.Duration)(&u.ForgetAfter))
+	case "fail_timeout":
+		return durationArg(d, (*caddy.Duration)(&u.FailTimeout))
 	case "allow_networks":
 		nets := d.RemainingArgs()
 		if len(nets) == 0 {
@@ -65,7 +68,7 @@ func (u *Upstreams) unmarshalOption(d *caddyfile.Dispenser) error {
 		}
 		u.MaxInstances = n
 	default:
-		return d.Errf("unknown option %q; allowed: subject_prefix, stale_after, forget_after, allow_networks, priority, max_instances", opt)
+		return d.Errf("unknown option %q; allowed: subject_prefix, stale_after, forget_after, fail_timeout, allow_networks, priority, max_instances", opt)
 	}
 	return nil
 }

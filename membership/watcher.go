@@ -79,6 +79,7 @@ func (w *Watcher) run(status chan nats.Status, done chan struct{}) {
 		case <-done:
 			return
 		case now := <-ticker.C:
+			w.followConnection()
 			w.reg.Sweep(now)
 		case s, ok := <-status:
 			if !ok {
@@ -97,6 +98,19 @@ func (w *Watcher) onStatus(s nats.Status) {
 		w.discover()
 	default:
 		w.reg.Freeze()
+	}
+}
+
+// followConnection catches up with the connection's state in case a
+// status event was dropped (nats.go drops them when a listener lags).
+func (w *Watcher) followConnection() {
+	connected := w.nc.IsConnected()
+	switch frozen := w.reg.Frozen(); {
+	case !connected && !frozen:
+		w.reg.Freeze()
+	case connected && frozen:
+		w.reg.Thaw(time.Now())
+		w.discover()
 	}
 }
 

@@ -1,0 +1,50 @@
+package caddymodule
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// DefaultFailTimeout is how long an instance that failed a request is
+// passed over, as nginx's fail_timeout (with max_fails 1).
+const DefaultFailTimeout = 10 * time.Second
+
+// passiveHealth remembers which instances recently failed a request in a
+// way that made the proxy try another one: what nginx counts (connection
+// errors for any method; 502/503/504 and timeouts of idempotent
+// requests). A POST's 503 is not retried, so it is not counted either.
+// Marks are cleared when the instance restarts or returns from stale.
+type passiveHealth struct {
+	timeout time.Duration
+	marked  atomic.Int64 // number of marks, to skip lookups when none
+	until   sync.Map     // dial -> time.Time
+}
+
+func (h *passiveHealth) fail(dial string, now time.Time) {
+	if _, existed := h.until.Swap(dial, now.Add(h.timeout)); !existed {
+		h.marked.Add(1)
+	}
+}
+
+// failing reports whether dial failed within the timeout.
+func (h *passiveHealth) failing(dial string, now time.Time) bool {
+	if h == nil || h.marked.Load() == 0 {
+		return false
+	}
+	until, ok := h.until.Load(dial)
+	if !ok {
+		return false
+	}
+	if now.Before(until.(time.Time)) {
+		return true
+	}
+	h.clear(dial)
+	return false
+}
+
+func (h *passiveHealth) clear(dial string) {
+	if _, existed := h.until.LoadAndDelete(dial); existed {
+		h.marked.Add(-1)
+	}
+}

@@ -1,0 +1,232 @@
+// Command testbackend is an application instance for the integration
+// tests: an HTTP server that announces itself with heartbeat.Publisher.
+//
+//	testbackend --id app1 --listen 127.0.0.1:0 --nats nats://127.0.0.1:4222
+//
+// The first line on stdout is `LISTEN 127.0.0.1:NNNN`, the address it
+// serves on. Paths:
+//
+//	GET  /               body `instance=<id>`
+//	POST /echo           echoes the request body
+//	GET  /slow?ms=N      answers after N ms
+//	     /ws             WebSocket echo
+//	POST /admin/fail?ms=N  every non-admin path answers 503 for N ms
+//	GET  /admin/count    JSON: requests served per path (admin paths excluded)
+//
+// Flags: --id, --listen, --nats, --prefix, --priority, --interval,
+// --version, --shutdown-timeout, --debug (log every heartbeat).
+//
+// Every response carries `X-Instance: <id>`. SIGTERM/SIGINT announce
+// leaving, finish in-flight requests and exit 0; SIGUSR1 announces
+// draining, SIGUSR2 ready again.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"golang.org/x/net/websocket"
+
+	"github.com/caddy-cx/caddy-cx/heartbeat"
+)
+
+func main() {
+	var (
+		id       = flag.String("id", "", "instance id (required)")
+		listen   = flag.String("listen", "127.0.0.1:0", "address to serve on; port 0 picks a free one")
+		natsURL  = flag.String("nats", "", "NATS server URL(s), comma-separated; empty: do not announce")
+		prefix   = flag.String("prefix", heartbeat.DefaultPrefix, "subject prefix")
+		priority = flag.Int("priority", 0, "announced priority, lower is preferred")
+		interval = flag.Duration("interval", 200*time.Millisecond, "heartbeat interval")
+		version  = flag.String("version", "test", "announced version")
+		shutdown = flag.Duration("shutdown-timeout", 30*time.Second, "how long SIGTERM waits for in-flight requests")
+		debug    = flag.Bool("debug", false, "log every heartbeat")
+	)
+	flag.Parse()
+	level := slog.LevelInfo
+	if *debug {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("instance", *id)
+	if *id == "" {
+		fmt.Fprintln(os.Stderr, "testbackend: --id is required")
+		os.Exit(2)
+	}
+
+	b := &backend{id: *id, counts: map[string]int64{}}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		log.Error("listen", "error", err)
+		os.Exit(1)
+	}
+	addr := ln.Addr().String()
+	fmt.Printf("LISTEN %s\n", addr)
+
+	srv := &http.Server{Handler: b.routes(), ReadHeaderTimeout: 10 * time.Second}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	// Announce only once the listener accepts connections.
+	if err := waitAccepting(addr, 5*time.Second); err != nil {
+		log.Error("listener does not accept connections", "error", err)
+		os.Exit(1)
+	}
+	log.Info("serving", "address", addr)
+
+	var pub *heartbeat.Publisher
+	if *natsURL != "" {
+		nc, err := heartbeat.Connect(*natsURL, nats.Name("testbackend-"+*id))
+		if err != nil {
+			log.Error("NATS connect", "error", err)
+			os.Exit(1)
+		}
+		defer nc.Close()
+		pub, err = heartbeat.NewPublisher(nc, heartbeat.Config{
+			Prefix:   *prefix,
+			ID:       *id,
+			URL:      "http://" + addr,
+			Interval: *interval,
+			Version:  *version,
+			Priority: *priority,
+			Logger:   log,
+		})
+		if err != nil {
+			log.Error("publisher", "error", err)
+			os.Exit(1)
+		}
+		if err := pub.Start(); err != nil {
+			log.Error("publisher start", "error", err)
+			os.Exit(1)
+		}
+		log.Info("announcing", "nats", *natsURL, "prefix", *prefix, "priority", *priority, "interval", *interval)
+	}
+
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR1, syscall.SIGUSR2)
+	for {
+		select {
+		case err := <-serveErr:
+			log.Error("serve", "error", err)
+			os.Exit(1)
+		case sig := <-sigs:
+			switch sig {
+			case syscall.SIGUSR1:
+				if pub != nil {
+					log.Info("draining", "error", pub.SetState(heartbeat.StateDraining))
+				}
+			case syscall.SIGUSR2:
+				if pub != nil {
+					log.Info("ready", "error", pub.SetState(heartbeat.StateReady))
+				}
+			default:
+				log.Info("shutting down", "signal", sig.String())
+				if pub != nil {
+					if err := pub.Leave(); err != nil {
+						log.Warn("leave", "error", err)
+					}
+					log.Info("leaving announced")
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), *shutdown)
+				err := srv.Shutdown(ctx)
+				cancel()
+				if err != nil {
+					log.Warn("shutdown", "error", err)
+					os.Exit(1)
+				}
+				log.Info("stopped", "served", b.total.Load())
+				os.Exit(0)
+			}
+		}
+	}
+}
+
+// waitAccepting dials addr until it accepts a connection.
+func waitAccepting(addr string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			return c.Close()
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+type backend struct {
+	id        string
+	failUntil atomic.Int64 // unix nanos
+	total     atomic.Int64
+
+	mu     sync.Mutex
+	counts map[string]int64
+}
+
+func (b *backend) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "instance=%s", b.id)
+	})
+	mux.HandleFunc("POST /echo", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", r.Header.Get("Content-Type"))
+		_, _ = io.Copy(w, r.Body)
+	})
+	mux.HandleFunc("GET /slow", func(w http.ResponseWriter, r *http.Request) {
+		ms, _ := strconv.Atoi(r.URL.Query().Get("ms"))
+		select {
+		case <-time.After(time.Duration(ms) * time.Millisecond):
+			fmt.Fprintf(w, "instance=%s slow=%d", b.id, ms)
+		case <-r.Context().Done():
+		}
+	})
+	mux.Handle("/ws", websocket.Handler(func(ws *websocket.Conn) {
+		_, _ = io.Copy(ws, ws)
+	}))
+	mux.HandleFunc("POST /admin/fail", func(w http.ResponseWriter, r *http.Request) {
+		ms, err := strconv.Atoi(r.URL.Query().Get("ms"))
+		if err != nil || ms < 0 {
+			http.Error(w, "ms must be a non-negative integer", http.StatusBadRequest)
+			return
+		}
+		b.failUntil.Store(time.Now().Add(time.Duration(ms) * time.Millisecond).UnixNano())
+		fmt.Fprintf(w, "failing for %dms", ms)
+	})
+	mux.HandleFunc("GET /admin/count", func(w http.ResponseWriter, r *http.Request) {
+		b.mu.Lock()
+		data, _ := json.Marshal(b.counts)
+		b.mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(data)
+	})
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Instance", b.id)
+		if len(r.URL.Path) >= 7 && r.URL.Path[:7] == "/admin/" {
+			mux.ServeHTTP(w, r)
+			return
+		}
+		b.total.Add(1)
+		b.mu.Lock()
+		b.counts[r.URL.Path]++
+		b.mu.Unlock()
+		if time.Now().UnixNano() < b.failUntil.Load() {
+			http.Error(w, "failing on purpose (/admin/fail)", http.StatusServiceUnavailable)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
