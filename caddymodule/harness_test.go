@@ -131,8 +131,12 @@ func (b *backend) serve(w http.ResponseWriter, r *http.Request) {
 	b.mu.Lock()
 	b.served[r.Method]++
 	b.mu.Unlock()
-	_, _ = io.Copy(io.Discard, r.Body)
+	body, _ := io.ReadAll(r.Body)
 	w.Header().Set("X-Instance", b.id)
+	if r.ContentLength > 0 && string(body) != "body" {
+		http.Error(w, "truncated body", http.StatusBadRequest)
+		return
+	}
 	if b.failing.Load() {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		return
@@ -222,7 +226,11 @@ var client = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 // get returns the serving instance's id (X-Instance) and status.
 func get(t testing.TB, method, url string) (string, int) {
 	t.Helper()
-	req, err := http.NewRequest(method, url, strings.NewReader("body"))
+	var body io.Reader
+	if method == "POST" || method == "PUT" || method == "PATCH" {
+		body = strings.NewReader("body")
+	}
+	req, err := http.NewRequest(method, url, body)
 	if err != nil {
 		t.Fatal(err)
 	}

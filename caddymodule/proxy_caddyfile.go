@@ -23,6 +23,11 @@ const (
 	// DefaultStreamCloseDelay keeps WebSockets and other streams open
 	// across config reloads (stock Caddy closes them at once).
 	DefaultStreamCloseDelay = "24h"
+	// DefaultRequestBuffers is how much of a request body is buffered so
+	// that an idempotent request with a body (PUT) can be replayed on
+	// another instance, as nginx's proxy_request_buffering does. Larger
+	// bodies stream on and are not replayed after they were sent.
+	DefaultRequestBuffers = 64 << 10
 	// DefaultIdleConnsPerHost keeps enough idle upstream connections for
 	// many concurrent clients, so that load does not churn connections.
 	DefaultIdleConnsPerHost = 128
@@ -144,6 +149,9 @@ func applyProxyDefaults(rp *reverseproxy.Handler, source *Upstreams, policy stri
 	if rp.StreamCloseDelay == 0 {
 		dur, _ := caddy.ParseDuration(DefaultStreamCloseDelay)
 		rp.StreamCloseDelay = caddy.Duration(dur)
+	}
+	if rp.RequestBuffers == 0 {
+		rp.RequestBuffers = DefaultRequestBuffers
 	}
 	if rp.TransportRaw == nil {
 		rp.TransportRaw = caddyconfig.JSONModuleObject(&reverseproxy.HTTPTransport{
