@@ -1,6 +1,8 @@
 package caddymodule
 
 import (
+	"encoding/json"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -153,12 +155,40 @@ func applyProxyDefaults(rp *reverseproxy.Handler, source *Upstreams, policy stri
 	if rp.RequestBuffers == 0 {
 		rp.RequestBuffers = DefaultRequestBuffers
 	}
-	if rp.TransportRaw == nil {
-		rp.TransportRaw = caddyconfig.JSONModuleObject(&reverseproxy.HTTPTransport{
-			KeepAlive: &reverseproxy.KeepAlive{MaxIdleConnsPerHost: DefaultIdleConnsPerHost},
-		}, "protocol", "http", nil)
+	transport, err := cxTransport(rp.TransportRaw)
+	if err != nil {
+		return err
 	}
+	rp.TransportRaw = transport
 	return nil
+}
+
+// cxTransport turns the `http` transport (or none) into the `cx` transport
+// with the same settings, adding the keep-alive pool default. Other
+// transports (fastcgi) are left alone.
+func cxTransport(raw json.RawMessage) (json.RawMessage, error) {
+	t := new(Transport)
+	if raw != nil {
+		var probe struct {
+			Protocol string `json:"protocol"`
+		}
+		if err := json.Unmarshal(raw, &probe); err != nil {
+			return nil, err
+		}
+		if probe.Protocol != "http" {
+			return raw, nil
+		}
+		if err := json.Unmarshal(raw, &t.HTTPTransport); err != nil {
+			return nil, err
+		}
+	}
+	if t.KeepAlive == nil {
+		t.KeepAlive = new(reverseproxy.KeepAlive)
+	}
+	if t.KeepAlive.MaxIdleConnsPerHost == 0 {
+		t.KeepAlive.MaxIdleConnsPerHost = DefaultIdleConnsPerHost
+	}
+	return caddyconfig.JSONModuleObject(t, "protocol", "cx", nil), nil
 }
 
 // defaultRetryMatch parses DefaultRetryMatch with reverse_proxy's own

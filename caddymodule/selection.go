@@ -21,8 +21,8 @@ const (
 type candidateInfo struct {
 	// tiers holds the end index of each priority tier in the pool.
 	tiers []int
-	// health is the service's passive health, where failures are marked.
-	health *passiveHealth
+	// svc is the service the pool came from.
+	svc *Service
 }
 
 // triedSet is the upstreams one request was sent to. The proxy only asks
@@ -30,6 +30,8 @@ type candidateInfo struct {
 type triedSet struct {
 	dials  []string
 	marked int // how many of dials were marked failed already
+	// lastOutcome is how the latest try ended, as the cx transport saw it.
+	lastOutcome string
 }
 
 func (t *triedSet) has(dial string) bool {
@@ -105,7 +107,10 @@ func selectTiered(pool reverseproxy.UpstreamPool, r *http.Request, turn *uint64,
 	if flat {
 		info.tiers = []int{len(pool)}
 	}
-	p := &pick{tried: triedOf(r), health: info.health, now: time.Now()}
+	p := &pick{tried: triedOf(r), now: time.Now()}
+	if info.svc != nil {
+		p.health = info.svc.health
+	}
 	p.markFailures()
 	for _, lenient := range []bool{false, true} {
 		p.lenient = lenient

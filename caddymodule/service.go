@@ -20,11 +20,12 @@ var servicePool = caddy.NewUsagePool()
 // Service is the membership of one subject prefix: a registry fed by a
 // watcher on the shared NATS connection.
 type Service struct {
-	key    string
-	prefix string
-	reg    *membership.Registry
-	log    *eventLog
-	health *passiveHealth
+	key      string
+	prefix   string
+	reg      *membership.Registry
+	log      *eventLog
+	health   *passiveHealth
+	inflight inflight
 
 	mu      sync.Mutex
 	watcher *membership.Watcher
@@ -115,6 +116,8 @@ func (s *Service) onEvent(ev membership.Event) {
 	case membership.EventJoin, membership.EventRestart, membership.EventReady:
 		// a new process, or one that proved alive again, starts clean.
 		s.health.clear(heartbeat.HostPort(ev.URL))
+	case membership.EventStale:
+		s.inflight.cancelAll(heartbeat.HostPort(ev.URL), errInstanceStale)
 	}
 	s.log.event(ev)
 }

@@ -127,7 +127,7 @@ func (u *Upstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, err
 	for i := range routes {
 		ups[i] = &reverseproxy.Upstream{Dial: routes[i].Dial}
 	}
-	caddyhttp.SetVar(r.Context(), varCandidates, &candidateInfo{tiers: tiers, health: u.service.health})
+	caddyhttp.SetVar(r.Context(), varCandidates, &candidateInfo{tiers: tiers, svc: u.service})
 	return ups, nil
 }
 

@@ -1,0 +1,67 @@
+package caddymodule
+
+import (
+	"context"
+	"errors"
+	"sync"
+)
+
+// errInstanceStale cancels requests still waiting on an instance when it
+// turns stale. It is deliberately not context.Canceled: the proxy treats
+// that as the client going away and would not retry.
+var errInstanceStale = errors.New("instance turned stale while the request waited for its response")
+
+// inflight tracks the requests waiting for response headers, per dial
+// address, so that they can be cancelled when their instance goes silent.
+type inflight struct {
+	mu      sync.Mutex
+	waiting map[string]map[*waiter]struct{}
+}
+
+type waiter struct{ cancel context.CancelCauseFunc }
+
+func (f *inflight) add(dial string, cancel context.CancelCauseFunc) *waiter {
+	w := &waiter{cancel: cancel}
+	f.mu.Lock()
+	if f.waiting == nil {
+		f.waiting = map[string]map[*waiter]struct{}{}
+	}
+	set := f.waiting[dial]
+	if set == nil {
+		set = map[*waiter]struct{}{}
+		f.waiting[dial] = set
+	}
+	set[w] = struct{}{}
+	f.mu.Unlock()
+	return w
+}
+
+func (f *inflight) remove(dial string, w *waiter) {
+	f.mu.Lock()
+	if set := f.waiting[dial]; set != nil {
+		delete(set, w)
+		if len(set) == 0 {
+			delete(f.waiting, dial)
+		}
+	}
+	f.mu.Unlock()
+}
+
+// cancelAll cancels every request waiting on dial with cause.
+func (f *inflight) cancelAll(dial string, cause error) int {
+	f.mu.Lock()
+	set := f.waiting[dial]
+	delete(f.waiting, dial)
+	f.mu.Unlock()
+	for w := range set {
+		w.cancel(cause)
+	}
+	return len(set)
+}
+
+// count is the number of requests waiting on dial.
+func (f *inflight) count(dial string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.waiting[dial])
+}

@@ -1,0 +1,71 @@
+package caddymodule
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+)
+
+func init() {
+	caddy.RegisterModule(Transport{})
+}
+
+// Transport is the `cx` transport: Caddy's `http` transport (every option
+// of it, same Caddyfile syntax) that also knows which instance a request
+// waits on. When that instance turns stale (its heartbeats stopped: dead,
+// hung or cut off), requests still waiting for its response are cancelled
+// and, if idempotent, retried on another instance at once, instead of
+// hanging until a timeout. cx_proxy uses it in place of `http`.
+type Transport struct {
+	reverseproxy.HTTPTransport
+}
+
+// CaddyModule returns the Caddy module information.
+func (Transport) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.reverse_proxy.transport.cx",
+		New: func() caddy.Module { return new(Transport) },
+	}
+}
+
+// RoundTrip sends req, cancelling it if its instance turns stale before
+// the response headers arrive.
+func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	info, _ := caddyhttp.GetVar(req.Context(), varCandidates).(*candidateInfo)
+	if info == nil || info.svc == nil {
+		return t.HTTPTransport.RoundTrip(req)
+	}
+	dial := req.URL.Host
+	ctx, cancel := context.WithCancelCause(req.Context())
+	w := info.svc.inflight.add(dial, cancel)
+	resp, err := t.HTTPTransport.RoundTrip(req.WithContext(ctx))
+	info.svc.inflight.remove(dial, w)
+	if err != nil && context.Cause(ctx) == errInstanceStale {
+		err = fmt.Errorf("%s: %w", dial, errInstanceStale)
+	}
+	info.svc.recordAttempt(req, dial, resp, err)
+	return resp, err
+}
+
+// UnmarshalCaddyfile takes the `http` transport's Caddyfile syntax.
+func (t *Transport) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	return t.HTTPTransport.UnmarshalCaddyfile(d)
+}
+
+// Interface guards.
+var (
+	_ caddy.Provisioner                                = (*Transport)(nil)
+	_ caddy.CleanerUpper                               = (*Transport)(nil)
+	_ http.RoundTripper                                = (*Transport)(nil)
+	_ reverseproxy.TLSTransport                        = (*Transport)(nil)
+	_ reverseproxy.H2CTransport                        = (*Transport)(nil)
+	_ reverseproxy.RequestHeaderOpsTransport           = (*Transport)(nil)
+	_ reverseproxy.ProxyProtocolTransport              = (*Transport)(nil)
+	_ reverseproxy.HealthCheckSchemeOverriderTransport = (*Transport)(nil)
+	_ caddyfile.Unmarshaler                            = (*Transport)(nil)
+)
