@@ -65,7 +65,10 @@ lb_retry_match {
 func parseCxProxy(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	source := new(Upstreams)
 	policy := "failover"
-	dispenser := h.NewFromNextSegment()
+	// The helper's dispenser holds only this directive's tokens (the
+	// matcher token already removed), so ours can be deleted from it.
+	dispenser := h.Dispenser
+	dispenser.Reset()
 	for dispenser.Next() {
 		if dispenser.NextArg() {
 			return nil, dispenser.Errf("cx_proxy takes no upstream addresses: instances announce themselves on NATS")

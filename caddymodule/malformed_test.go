@@ -1,0 +1,58 @@
+package caddymodule
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddy-cx/caddy-cx/heartbeat"
+)
+
+func TestMalformedHeartbeatsAreRejectedAndNeverRouted(t *testing.T) {
+	natsURL := startNATS(t)
+	base := gateway(t, natsURL, "http://127.0.0.1:{PORT} {\n\tcx_proxy {\n\t\tallow_networks 127.0.0.0/8\n\t}\n}")
+	nc := connect(t, natsURL)
+	good := startBackend(t, "good")
+	newInstance(t, nc, "good", good.url, 5).beat(heartbeat.StateReady)
+	servedBy(t, base, "good", time.Second)
+
+	evil := startBackend(t, "evil")
+	valid := func(id, url string) []byte {
+		m := heartbeat.Message{Proto: 1, ID: id, URL: url, State: heartbeat.StateReady,
+			StartedAt: time.Now().UTC(), Seq: 1, IntervalMS: 1000}
+		b, _ := heartbeat.Encode(&m)
+		return b
+	}
+	bad := []struct{ subject, payload string }{
+		{"cx.ha.hb.evil", `{"proto":1,"id":"evil",`},
+		{"cx.ha.hb.other", string(valid("evil", evil.url))},
+		{"cx.ha.hb.evil", string(valid("evil", evil.url+"/admin"))},
+		{"cx.ha.hb.evil", strings.Replace(string(valid("evil", evil.url)), `"state"`, `"padding":"`+strings.Repeat("x", 10<<10)+`","state"`, 1)},
+		{"cx.ha.hb.evil", string(valid("evil", "http://192.0.2.1:80"))},
+		{"cx.ha.hb.evil", string(valid("evil", "http://evil.example:80"))},
+	}
+	raw := newInstance(t, nc, "evil", evil.url, 0)
+	for _, b := range bad {
+		raw.raw(b.subject, []byte(b.payload))
+	}
+	// A valid heartbeat published after the bad ones proves they were all
+	// processed (one subscription delivers in order).
+	marker := startBackend(t, "marker")
+	newInstance(t, nc, "marker", marker.url, 9).beat(heartbeat.StateReady)
+	eventually(t, time.Second, func() bool { return stateOf(t, "marker") == "active" }, "the marker instance")
+
+	for _, m := range serviceOf(t, heartbeat.DefaultPrefix).reg.Members() {
+		if m.ID == "evil" || m.ID == "other" {
+			t.Fatalf("a rejected heartbeat created member %+v", m)
+		}
+	}
+	for range 20 {
+		if id, code := get(t, "GET", base); code != http.StatusOK || id != "good" {
+			t.Fatalf("status %d from %q; the healthy instance must keep serving", code, id)
+		}
+	}
+	if evil.count("GET") != 0 {
+		t.Fatal("a rejected instance got traffic")
+	}
+}
