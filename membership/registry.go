@@ -16,11 +16,12 @@ type Registry struct {
 	cfg      Config
 	snapshot atomic.Pointer[Snapshot]
 
-	mu         sync.Mutex
-	members    map[string]*entry
-	frozen     bool
-	generation uint64
-	pending    []Event
+	mu            sync.Mutex
+	fruitlessScan time.Time // last eviction scan that found no victim
+	members       map[string]*entry
+	frozen        bool
+	generation    uint64
+	pending       []Event
 }
 
 // entry is a member plus what the registry needs to judge later messages.
@@ -34,6 +35,8 @@ type entry struct {
 	// live: staleness is judged from the later of it and LastSeen, so that
 	// LastSeen keeps meaning the last accepted heartbeat.
 	thawedAt time.Time
+	// rate limits the messages accepted from this id.
+	rate bucket
 }
 
 // New returns an empty registry.
@@ -90,6 +93,11 @@ func (r *Registry) apply(m *heartbeat.Message, now time.Time) (routingChanged bo
 	if !known {
 		return r.admit(m, now)
 	}
+	if !e.rate.take(now, ratePerSecond(m.Interval())) {
+		r.queue(Event{Kind: EventRejected, ID: m.ID, URL: m.URL, Reason: "rate",
+			Detail: "more heartbeats than the rate limit allows for this instance"})
+		return false
+	}
 	switch {
 	case m.StartedAt.Before(e.StartedAt):
 		r.fromOlderProcess(e, m)
@@ -106,7 +114,7 @@ func (r *Registry) admit(m *heartbeat.Message, now time.Time) bool {
 	if m.State == heartbeat.StateLeaving {
 		return false
 	}
-	if len(r.members) >= r.cfg.MaxInstances && !r.evictOne() {
+	if len(r.members) >= r.cfg.MaxInstances && !r.evictOne(now) {
 		r.queue(Event{Kind: EventRejected, ID: m.ID, URL: m.URL, Reason: "capacity",
 			Detail: "the registry already holds max_instances members"})
 		return false
@@ -119,7 +127,10 @@ func (r *Registry) admit(m *heartbeat.Message, now time.Time) bool {
 }
 
 // evictOne drops the longest-stale or longest-left member to make room.
-func (r *Registry) evictOne() bool {
+func (r *Registry) evictOne(now time.Time) bool {
+	if now.Sub(r.fruitlessScan) < evictScanEvery {
+		return false
+	}
 	var victim *entry
 	for _, e := range r.members {
 		if e.State != StateStale && e.State != StateLeft {
@@ -130,6 +141,7 @@ func (r *Registry) evictOne() bool {
 		}
 	}
 	if victim == nil {
+		r.fruitlessScan = now
 		return false
 	}
 	delete(r.members, victim.ID)

@@ -1,0 +1,46 @@
+package membership
+
+import "time"
+
+// Heartbeat rate limit per instance: a misbehaving publisher must not make
+// the gateway rebuild its snapshot thousands of times a second. A burst of
+// RateBurst messages is allowed (state changes, answers to discovers), then
+// at most the larger of RateFloor per second and RateFactor times the
+// instance's own heartbeat rate.
+const (
+	RateBurst  = 20
+	RateFloor  = 10.0
+	RateFactor = 4.0
+)
+
+// evictScanEvery is how long a full registry that found no stale or left
+// member to evict waits before scanning again, so that a flood of new ids
+// costs O(1) per message.
+const evictScanEvery = 100 * time.Millisecond
+
+type bucket struct {
+	tokens float64
+	at     time.Time
+}
+
+// take spends one token, refilled at perSecond since the last take.
+func (b *bucket) take(now time.Time, perSecond float64) bool {
+	if b.at.IsZero() {
+		b.tokens = RateBurst
+	} else if elapsed := now.Sub(b.at).Seconds(); elapsed > 0 {
+		b.tokens = min(RateBurst, b.tokens+elapsed*perSecond)
+	}
+	b.at = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
+
+func ratePerSecond(interval time.Duration) float64 {
+	if interval <= 0 {
+		return RateFloor
+	}
+	return max(RateFloor, RateFactor*float64(time.Second)/float64(interval))
+}
