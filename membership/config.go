@@ -34,11 +34,56 @@ type Config struct {
 	Priority map[string]int
 	// OnEvent, if set, is told of every change, outside the registry's lock.
 	OnEvent func(Event)
+
+	// Rise is how many consecutive ready heartbeats a new, returning or
+	// restarted instance needs before it is routed. Default 1.
+	Rise int
+	// FlapLimit, when positive, holds out of routing an instance that left
+	// active state more than FlapLimit times within FlapWindow, for
+	// FlapHold, doubling with each further hold up to MaxFlapHold.
+	FlapLimit  int
+	FlapWindow time.Duration
+	FlapHold   time.Duration
+	// ConsistentVersions routes new requests to instances of one version
+	// only, switching to a newer version in one step once it has at least
+	// as many active instances as the one served (or that one is gone).
+	ConsistentVersions bool
+	// Confirm, if set, is asked before a silent member is marked stale:
+	// true means its url still answers (its NATS link is down, not the
+	// instance), and it stays routed. It is called off the request path,
+	// in its own goroutine, and must return within about a second.
+	Confirm func(url string) bool
+}
+
+// Defaults of the damping options.
+const (
+	DefaultFlapWindow = time.Minute
+	DefaultFlapHold   = 10 * time.Second
+	MaxFlapHold       = 5 * time.Minute
+)
+
+func (c *Config) setDampingDefaults() error {
+	if c.Rise < 0 || c.FlapLimit < 0 || c.FlapWindow < 0 || c.FlapHold < 0 {
+		return fmt.Errorf("rise, flap_limit, flap_window and flap_hold must not be negative")
+	}
+	if c.Rise == 0 {
+		c.Rise = 1
+	}
+	if c.FlapWindow == 0 {
+		c.FlapWindow = DefaultFlapWindow
+	}
+	if c.FlapHold == 0 {
+		c.FlapHold = DefaultFlapHold
+	}
+	return nil
 }
 
 func (c *Config) setDefaults() error {
 	if c.Prefix == "" {
 		c.Prefix = heartbeat.DefaultPrefix
+	}
+	if err := c.setDampingDefaults(); err != nil {
+		return err
 	}
 	if err := heartbeat.ValidPrefix(c.Prefix); err != nil {
 		return err

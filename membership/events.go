@@ -15,6 +15,12 @@ const (
 	EventDraining EventKind = "draining" // an instance stopped taking new requests
 	EventReady    EventKind = "ready"    // a draining or stale instance is routed again
 	EventForget   EventKind = "forget"   // a stale or left instance was dropped from the list
+
+	EventFlapping      EventKind = "flapping"       // an instance left active too often and is held out
+	EventVersionSwitch EventKind = "version_switch" // consistent versions: the routed version changed
+	EventRoleConflict  EventKind = "role_conflict"  // two active instances claim one leader role
+	EventRoleResolved  EventKind = "role_resolved"  // a leader role conflict ended
+	EventAliveUnheard  EventKind = "alive_unheard"  // heartbeats stopped but the url still answers
 )
 
 // Event is one change, reported to Config.OnEvent after the registry's

@@ -217,7 +217,7 @@ func (st *fuzzState) check(desc string) {
 	var want []Route
 	for _, m := range members {
 		if m.State == StateActive {
-			want = append(want, Route{ID: m.ID, Dial: m.Dial, Priority: m.Priority, Version: m.Version})
+			want = append(want, Route{ID: m.ID, Dial: m.Dial, Priority: m.Priority, Version: m.Version, ActiveSince: m.ActiveSince})
 		}
 	}
 	for i, rt := range s.Routes {

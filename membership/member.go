@@ -44,6 +44,12 @@ type Member struct {
 	Since time.Time
 	// StaleAfter is the silence after which this member turns stale.
 	StaleAfter time.Duration
+	// Held is true for an active member kept out of routing: it has not
+	// risen yet (Config.Rise) or it is flapping (HeldUntil).
+	Held      bool
+	HeldUntil time.Time
+	// ActiveSince is when the member was last put into routing.
+	ActiveSince time.Time
 }
 
 // less orders members by priority, then started_at, then id.
@@ -69,4 +75,4 @@ func stateOf(s heartbeat.State) State {
 }
 
 // routable reports whether requests may be sent to m.
-func (m *Member) routable() bool { return m.State == StateActive }
+func (m *Member) routable() bool { return m.State == StateActive && !m.Held }

@@ -22,6 +22,11 @@ type Registry struct {
 	frozen        bool
 	generation    uint64
 	pending       []Event
+	// served is the version routed under ConsistentVersions.
+	served string
+	roles  map[string]*RoleConflict
+	// rolesDirty: the message being applied changed someone's roles.
+	rolesDirty bool
 }
 
 // entry is a member plus what the registry needs to judge later messages.
@@ -37,6 +42,8 @@ type entry struct {
 	thawedAt time.Time
 	// rate limits the messages accepted from this id.
 	rate bucket
+	damping
+	confirmation
 }
 
 // New returns an empty registry.
@@ -74,9 +81,12 @@ func (r *Registry) Observe(subject string, data []byte, now time.Time) error {
 // Apply applies a valid heartbeat received at now.
 func (r *Registry) Apply(m *heartbeat.Message, now time.Time) {
 	r.mu.Lock()
-	changed := r.apply(m, now)
-	if changed {
+	r.rolesDirty = false
+	switch changed := r.apply(m, now); {
+	case changed:
 		r.rebuild()
+	case r.rolesDirty:
+		r.checkRoles(r.sorted())
 	}
 	events := r.takeEvents()
 	r.mu.Unlock()
@@ -177,6 +187,10 @@ func (r *Registry) restart(e *entry, m *heartbeat.Message, now time.Time) bool {
 	}
 	e.prevStartedAt, e.prevSeq = e.StartedAt, e.Seq
 	before := e.route()
+	if e.State == StateActive {
+		r.noteExit(e, now) // the previous process ended without leaving
+	}
+	e.streak = 0
 	r.fill(e, m, now)
 	r.queue(Event{Kind: EventRestart, ID: m.ID, URL: m.URL})
 	return e.route() != before
@@ -230,6 +244,14 @@ func (r *Registry) fill(e *entry, m *heartbeat.Message, now time.Time) {
 	state := stateOf(m.State)
 	if state != e.State {
 		e.Since = now
+		if e.State == StateActive {
+			r.noteExit(e, now)
+		}
+	}
+	if state == StateActive {
+		e.streak++
+	} else {
+		e.streak = 0
 	}
 	e.ID, e.URL, e.Dial, e.State = m.ID, m.URL, heartbeat.HostPort(m.URL), state
 	e.Version, e.StartedAt, e.Seq, e.Interval = m.Version, m.StartedAt, m.Seq, m.Interval()
@@ -237,15 +259,26 @@ func (r *Registry) fill(e *entry, m *heartbeat.Message, now time.Time) {
 	if p, ok := r.cfg.Priority[m.ID]; ok {
 		e.Priority = p
 	}
+	if !slices.Equal(e.LeaderRoles, m.LeaderRoles) {
+		r.rolesDirty = true
+	}
 	e.LeaderRoles, e.Meta = slices.Clone(m.LeaderRoles), maps.Clone(m.Meta)
 	e.LastSeen = now
 	e.StaleAfter = r.cfg.staleAfter(e.Interval)
+	r.settle(e, now)
 }
 
 // rebuild publishes a new snapshot; the lock must be held.
 func (r *Registry) rebuild() {
 	r.generation++
-	r.snapshot.Store(buildSnapshot(r.sorted(), r.generation))
+	sorted := r.sorted()
+	var version *string
+	if r.cfg.ConsistentVersions {
+		r.chooseVersion(sorted)
+		version = &r.served
+	}
+	r.snapshot.Store(buildSnapshot(sorted, r.generation, version))
+	r.checkRoles(sorted)
 }
 
 func (r *Registry) sorted() []*Member {

@@ -22,7 +22,7 @@ func TestJoinIsActiveAndRouted(t *testing.T) {
 	}
 	mustState(t, r, "app1", StateActive)
 	s := r.Snapshot()
-	want := []Route{{ID: "app1", Dial: "10.0.0.11:8080", Priority: 0, Version: "2026.4.1"}}
+	want := []Route{{ID: "app1", Dial: "10.0.0.11:8080", Priority: 0, Version: "2026.4.1", ActiveSince: at(0)}}
 	if !slices.Equal(s.Routes, want) || !slices.Equal(s.Tiers, []int{1}) {
 		t.Fatalf("snapshot %+v, want routes %+v tiers [1]", s, want)
 	}

@@ -1,11 +1,16 @@
 package membership
 
+import "time"
+
 // Route is what the request path needs of one active instance.
 type Route struct {
 	ID       string
 	Dial     string
 	Priority int
 	Version  string
+	// ActiveSince is when the instance was last put into routing (for
+	// slow start and failback delay).
+	ActiveSince time.Time
 }
 
 // Snapshot is the immutable routing view: the active members ordered by
@@ -18,6 +23,8 @@ type Snapshot struct {
 	Tiers []int
 	// Generation increases with every rebuild.
 	Generation uint64
+	// Version is the one version routed with Config.ConsistentVersions.
+	Version string
 }
 
 // Tier returns the routes of tier i.
@@ -29,16 +36,19 @@ func (s *Snapshot) Tier(i int) []Route {
 	return s.Routes[start:s.Tiers[i]]
 }
 
-func buildSnapshot(ordered []*Member, generation uint64) *Snapshot {
+func buildSnapshot(ordered []*Member, generation uint64, version *string) *Snapshot {
 	s := &Snapshot{Generation: generation}
+	if version != nil {
+		s.Version = *version
+	}
 	for _, m := range ordered {
-		if !m.routable() {
+		if !m.routable() || (version != nil && m.Version != *version) {
 			continue
 		}
 		if n := len(s.Routes); n > 0 && s.Routes[n-1].Priority != m.Priority {
 			s.Tiers = append(s.Tiers, n)
 		}
-		s.Routes = append(s.Routes, Route{ID: m.ID, Dial: m.Dial, Priority: m.Priority, Version: m.Version})
+		s.Routes = append(s.Routes, Route{ID: m.ID, Dial: m.Dial, Priority: m.Priority, Version: m.Version, ActiveSince: m.ActiveSince})
 	}
 	if len(s.Routes) > 0 {
 		s.Tiers = append(s.Tiers, len(s.Routes))

@@ -10,12 +10,11 @@ func (r *Registry) Sweep(now time.Time) {
 	for id, e := range r.members {
 		switch e.State {
 		case StateActive, StateDraining:
-			if r.frozen || now.Sub(e.judgedFrom()) < e.StaleAfter {
+			if r.frozen || now.Sub(e.judgedFrom()) < e.StaleAfter || r.confirming(e, now) {
 				continue
 			}
 			changed = changed || e.routable()
-			e.State, e.Since = StateStale, now
-			r.queue(Event{Kind: EventStale, ID: id, URL: e.URL})
+			r.markStale(e, now)
 		case StateStale, StateLeft:
 			if now.Sub(e.Since) > r.cfg.ForgetAfter {
 				delete(r.members, id)
@@ -23,12 +22,21 @@ func (r *Registry) Sweep(now time.Time) {
 			}
 		}
 	}
-	if changed {
+	if r.releaseHolds(now) || changed {
 		r.rebuild()
 	}
 	events := r.takeEvents()
 	r.mu.Unlock()
 	r.report(events)
+}
+
+func (r *Registry) markStale(e *entry, now time.Time) {
+	if e.State == StateActive {
+		r.noteExit(e, now)
+	}
+	e.State, e.Since, e.streak = StateStale, now, 0
+	r.settle(e, now)
+	r.queue(Event{Kind: EventStale, ID: e.ID, URL: e.URL})
 }
 
 // Freeze suspends staleness: the gateway lost its NATS connection.
@@ -57,8 +65,11 @@ func (r *Registry) Thaw(now time.Time) {
 // judgedFrom is the time from which e's silence counts: its last
 // heartbeat, or the last thaw if that is later.
 func (e *entry) judgedFrom() time.Time {
-	if e.thawedAt.After(e.LastSeen) {
-		return e.thawedAt
+	from := e.LastSeen
+	for _, t := range []time.Time{e.thawedAt, e.confirmedAt} {
+		if t.After(from) {
+			from = t
+		}
 	}
-	return e.LastSeen
+	return from
 }
