@@ -30,6 +30,8 @@ type natsLink struct {
 	up      atomic.Bool
 	everUp  atomic.Bool
 	closing atomic.Bool
+	// reconnects counts the returns of a lost connection (a metric).
+	reconnects atomic.Uint64
 }
 
 func acquireLink(key string, urls []string, options func(*zap.Logger, *natsLink) ([]nats.Option, error), logger *zap.Logger) (*natsLink, error) {
@@ -70,6 +72,19 @@ func (l *natsLink) start() error {
 
 func (l *natsLink) conn() *nats.Conn { return l.nc }
 
+// linkByKey returns the shared connection of key, or nil.
+func linkByKey(key string) *natsLink {
+	var found *natsLink
+	linkPool.Range(func(k, val any) bool {
+		if k == key {
+			found, _ = val.(*natsLink)
+			return false
+		}
+		return true
+	})
+	return found
+}
+
 func (l *natsLink) connected() bool { return l.up.Load() }
 
 func (l *natsLink) markUp(nc *nats.Conn) {
@@ -79,6 +94,7 @@ func (l *natsLink) markUp(nc *nats.Conn) {
 	verb := "connected to NATS"
 	if l.everUp.Swap(true) {
 		verb = "reconnected to NATS"
+		l.reconnects.Add(1)
 	}
 	l.logger.Info(verb, zap.String("server", nc.ConnectedUrlRedacted()))
 }

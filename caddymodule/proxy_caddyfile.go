@@ -60,6 +60,7 @@ lb_retry_match {
 //		allow_networks <cidr...>
 //		priority       <id> <n>
 //		max_instances  <n>
+//		header_instance [<name>]
 //		# ...and any reverse_proxy subdirective, which overrides a default
 //	}
 func parseCxProxy(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
@@ -103,7 +104,7 @@ func parseCxProxy(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 // tokens so that reverse_proxy's parser does not see them.
 func cxProxyOption(d *caddyfile.Dispenser, source *Upstreams, policy *string) error {
 	switch d.Val() {
-	case "subject_prefix", "stale_after", "forget_after", "fail_timeout", "allow_networks", "priority", "max_instances":
+	case "subject_prefix", "stale_after", "forget_after", "fail_timeout", "allow_networks", "priority", "max_instances", "header_instance":
 		line := takeLine(d)
 		return source.unmarshalOption(line)
 	case "policy":

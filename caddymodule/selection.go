@@ -8,6 +8,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+
+	"github.com/caddy-cx/caddy-cx/membership"
 )
 
 // Request variables shared by the cx upstream source and policies.
@@ -23,6 +25,22 @@ type candidateInfo struct {
 	tiers []int
 	// svc is the service the pool came from.
 	svc *Service
+	// routes are the instances of the pool, in pool order (for naming the
+	// instance a dial address belongs to).
+	routes []membership.Route
+	// header, if set, is the response header the cx transport names the
+	// serving instance in.
+	header string
+}
+
+// instanceOf returns the id of the instance at dial among the pool.
+func (c *candidateInfo) instanceOf(dial string) string {
+	for i := range c.routes {
+		if c.routes[i].Dial == dial {
+			return c.routes[i].ID
+		}
+	}
+	return ""
 }
 
 // triedSet is the upstreams one request was sent to. The proxy only asks
@@ -66,6 +84,7 @@ func infoOf(r *http.Request, pool reverseproxy.UpstreamPool) candidateInfo {
 type pick struct {
 	tried  *triedSet
 	health *passiveHealth
+	svc    *Service // for counting retries; nil for other sources
 	now    time.Time
 	// lenient also accepts instances marked failing: when every instance
 	// failed recently, trying one beats refusing the request.
@@ -110,6 +129,7 @@ func selectTiered(pool reverseproxy.UpstreamPool, r *http.Request, turn *uint64,
 	p := &pick{tried: triedOf(r), now: time.Now()}
 	if info.svc != nil {
 		p.health = info.svc.health
+		p.svc = info.svc
 	}
 	p.markFailures()
 	for _, lenient := range []bool{false, true} {
@@ -133,6 +153,7 @@ func (p *pick) markFailures() {
 	}
 	for _, d := range p.tried.dials[p.tried.marked:] {
 		p.health.fail(d, p.now)
+		p.svc.countRetry(p.tried.lastOutcome)
 	}
 	p.tried.marked = len(p.tried.dials)
 }

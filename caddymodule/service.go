@@ -26,6 +26,10 @@ type Service struct {
 	log      *eventLog
 	health   *passiveHealth
 	inflight inflight
+	// stats are the counters exported as metrics (metrics.go); link is
+	// the NATS connection the service listens on (for its status).
+	stats *serviceStats
+	link  *natsLink
 
 	mu      sync.Mutex
 	watcher *membership.Watcher
@@ -66,6 +70,8 @@ func acquireService(link string, cfg membership.Config, failTimeout time.Duratio
 			return nil, err
 		}
 		s.reg = reg
+		s.stats = acquireStats(cfg.Prefix)
+		s.link = linkByKey(link)
 		return s, nil
 	})
 	if err != nil {
@@ -119,6 +125,7 @@ func (s *Service) onEvent(ev membership.Event) {
 	case membership.EventStale:
 		s.inflight.cancelAll(heartbeat.HostPort(ev.URL), errInstanceStale)
 	}
+	s.observe(ev)
 	s.log.event(ev)
 }
 
@@ -153,5 +160,6 @@ func (s *Service) Destruct() error {
 	if w != nil {
 		w.Stop()
 	}
+	s.releaseStats()
 	return nil
 }

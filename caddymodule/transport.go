@@ -49,7 +49,29 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		err = fmt.Errorf("%s: %w", dial, errInstanceStale)
 	}
 	info.svc.recordAttempt(req, dial, resp, err)
+	if info.header != "" && resp != nil {
+		if id := info.instanceOf(dial); id != "" {
+			resp.Header.Set(info.header, id)
+		}
+	}
 	return resp, err
+}
+
+// DefaultInstanceHeader is the response header `header_instance` without
+// a name adds.
+const DefaultInstanceHeader = "X-Cx-Instance"
+
+// validHeaderName reports whether name is usable as a header field name.
+func validHeaderName(name string) bool {
+	if name == "" {
+		return false
+	}
+	for _, c := range name {
+		if !(c == '-' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
+			return false
+		}
+	}
+	return true
 }
 
 // UnmarshalCaddyfile takes the `http` transport's Caddyfile syntax.

@@ -57,6 +57,12 @@ type Upstreams struct {
 	// further ids are rejected and counted. Default: 10000.
 	MaxInstances int `json:"max_instances,omitempty"`
 
+	// HeaderInstance, if set, is a response header the `cx` transport adds
+	// to every proxied response, naming the instance that served it (for
+	// debugging load balancers). Off by default; the Caddyfile option
+	// `header_instance` without a name uses X-Cx-Instance.
+	HeaderInstance string `json:"header_instance,omitempty"`
+
 	service *Service
 	window  uint64
 }
@@ -88,7 +94,10 @@ func (u *Upstreams) Provision(ctx caddy.Context) error {
 		return err
 	}
 	u.service = svc
-	return nil
+	if u.HeaderInstance != "" && !validHeaderName(u.HeaderInstance) {
+		return fmt.Errorf("cx: header_instance %q is not a valid header name (letters, digits and - only, like X-Cx-Instance)", u.HeaderInstance)
+	}
+	return registerMetrics(ctx, svc)
 }
 
 func (u *Upstreams) config() (membership.Config, error) {
@@ -127,7 +136,7 @@ func (u *Upstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, err
 	for i := range routes {
 		ups[i] = &reverseproxy.Upstream{Dial: routes[i].Dial}
 	}
-	caddyhttp.SetVar(r.Context(), varCandidates, &candidateInfo{tiers: tiers, svc: u.service})
+	caddyhttp.SetVar(r.Context(), varCandidates, &candidateInfo{tiers: tiers, svc: u.service, routes: routes, header: u.HeaderInstance})
 	return ups, nil
 }
 

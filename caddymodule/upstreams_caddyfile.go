@@ -19,6 +19,7 @@ import (
 //		allow_networks <cidr...>
 //		priority       <id> <n>
 //		max_instances  <n>
+//		header_instance [<name>]
 //	}
 func (u *Upstreams) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // source name
@@ -67,8 +68,19 @@ func (u *Upstreams) unmarshalOption(d *caddyfile.Dispenser) error {
 			return d.Errf("max_instances: %q is not a positive whole number", s)
 		}
 		u.MaxInstances = n
+	case "header_instance":
+		u.HeaderInstance = DefaultInstanceHeader
+		if d.NextArg() {
+			u.HeaderInstance = d.Val()
+		}
+		if d.NextArg() {
+			return d.Errf("header_instance takes at most one header name, like: header_instance X-Cx-Instance")
+		}
+		if !validHeaderName(u.HeaderInstance) {
+			return d.Errf("header_instance: %q is not a valid header name (letters, digits and - only)", u.HeaderInstance)
+		}
 	default:
-		return d.Errf("unknown option %q; allowed: subject_prefix, stale_after, forget_after, fail_timeout, allow_networks, priority, max_instances", opt)
+		return d.Errf("unknown option %q; allowed: subject_prefix, stale_after, forget_after, fail_timeout, allow_networks, priority, max_instances, header_instance", opt)
 	}
 	return nil
 }

@@ -58,6 +58,9 @@ func (w *Watcher) Start() error {
 	w.status = w.nc.StatusChanged(nats.CONNECTED, nats.DISCONNECTED, nats.RECONNECTING, nats.CLOSED)
 	w.done = make(chan struct{})
 	if w.nc.IsConnected() {
+		// Make sure the server has the subscription before Start returns:
+		// heartbeats published from then on are not missed.
+		_ = w.nc.FlushTimeout(time.Second)
 		// The registry may still be frozen from an earlier watcher that
 		// stopped while disconnected; no CONNECTED status would thaw it.
 		w.reg.Thaw(time.Now())

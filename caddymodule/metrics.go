@@ -1,0 +1,397 @@
+package caddymodule
+
+import (
+	"errors"
+	"net/http"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/caddy-cx/caddy-cx/membership"
+)
+
+// Metrics of caddy-cx, all on Caddy's metrics endpoint (the admin API's
+// /metrics or the `metrics` handler). docs/METRICS.md lists them.
+//
+// Lifetimes: a Service outlives a config (usage pool), while Caddy's
+// metrics registry is made anew for every config. So the numbers live in
+// serviceStats, pooled by subject prefix (the `service` label), which
+// survives reloads even when a service's settings change; and every config
+// registers one metricsCollector in its own registry that reads them, and
+// the registries, at scrape time. Nothing is registered twice, no counter
+// restarts on reload, and heartbeats cost no metric work.
+
+const metricsNamespace = "caddy_cx_"
+
+var (
+	descInstances = prometheus.NewDesc(metricsNamespace+"instances",
+		"Known instances by state (active, draining, stale, left).", []string{"service", "state"}, nil)
+	descHeartbeatAge = prometheus.NewDesc(metricsNamespace+"heartbeat_age_seconds",
+		"Seconds since the instance's last accepted heartbeat, by the gateway's clock.", []string{"service", "instance"}, nil)
+	descPrimary = prometheus.NewDesc(metricsNamespace+"primary",
+		"1 for the instance(s) that take new requests now under the failover policy (best priority tier, not failing), 0 for other known instances.",
+		[]string{"service", "instance"}, nil)
+	descEvents = prometheus.NewDesc(metricsNamespace+"membership_events_total",
+		"Membership changes: join, leave, stale, restart, rejected, conflict, draining, ready, forget.", []string{"service", "event"}, nil)
+	descRejected = prometheus.NewDesc(metricsNamespace+"heartbeats_rejected_total",
+		"Heartbeats refused, by reason (the offending field or rule).", []string{"service", "reason"}, nil)
+	descRequests = prometheus.NewDesc(metricsNamespace+"upstream_requests_total",
+		"Tries of requests at an instance, by outcome: 1xx to 5xx, or error (no response: connection error, timeout, cancelled).",
+		[]string{"service", "instance", "code_class"}, nil)
+	descRetries = prometheus.NewDesc(metricsNamespace+"retries_total",
+		"Requests retried on another instance, by why the previous try failed.", []string{"service", "reason"}, nil)
+	descFailovers = prometheus.NewDesc(metricsNamespace+"failovers_total",
+		"Times the primary moved to other instances (none of the previous primary instances is primary any more).", []string{"service"}, nil)
+	descNATSConnected = prometheus.NewDesc(metricsNamespace+"nats_connected",
+		"1 while the gateway is connected to NATS, else 0.", nil, nil)
+	descNATSReconnects = prometheus.NewDesc(metricsNamespace+"nats_reconnects_total",
+		"Times the gateway's NATS connection came back after being lost.", nil, nil)
+
+	allDescs = []*prometheus.Desc{descInstances, descHeartbeatAge, descPrimary, descEvents, descRejected,
+		descRequests, descRetries, descFailovers, descNATSConnected, descNATSReconnects}
+)
+
+// contractEvents are always exported, at 0 until they happen, so that
+// alerts on them work from the start.
+var contractEvents = []membership.EventKind{membership.EventJoin, membership.EventLeave, membership.EventStale,
+	membership.EventRestart, membership.EventRejected, membership.EventConflict}
+
+var allStates = []membership.State{membership.StateActive, membership.StateDraining, membership.StateStale, membership.StateLeft}
+
+// codeClasses are the values of upstream_requests_total's code_class;
+// index 0 is "error".
+var codeClasses = [...]string{"error", "1xx", "2xx", "3xx", "4xx", "5xx"}
+
+// statsPool holds the counters of each subject prefix, shared by every
+// Service of that prefix and kept while one of them lives.
+var statsPool = caddy.NewUsagePool()
+
+// serviceStats are the counters of one subject prefix.
+type serviceStats struct {
+	prefix string
+
+	// owner is the Service whose membership events are counted: two
+	// services of one prefix (a reload that changed settings, two sites
+	// with different stale_after) hear the same heartbeats, and counting
+	// both would count each change twice.
+	owner atomic.Pointer[Service]
+
+	events    sync.Map // membership.EventKind -> *atomic.Uint64
+	rejected  sync.Map // reason -> *atomic.Uint64 (reasons are a small fixed set)
+	retries   sync.Map // reason -> *atomic.Uint64
+	instances sync.Map // instance id -> *instanceStats
+	failovers atomic.Uint64
+
+	mu          sync.Mutex
+	lastPrimary []string // the last non-empty primary set seen
+}
+
+// instanceStats are the per-instance counters, dropped when the instance
+// is forgotten.
+type instanceStats struct {
+	codes [len(codeClasses)]atomic.Uint64
+}
+
+// Destruct is required by the usage pool; there is nothing to release.
+func (*serviceStats) Destruct() error { return nil }
+
+func acquireStats(prefix string) *serviceStats {
+	val, _, _ := statsPool.LoadOrNew(prefix, func() (caddy.Destructor, error) {
+		return &serviceStats{prefix: prefix}, nil
+	})
+	return val.(*serviceStats)
+}
+
+func counterOf(m *sync.Map, key any) *atomic.Uint64 {
+	if c, ok := m.Load(key); ok {
+		return c.(*atomic.Uint64)
+	}
+	c, _ := m.LoadOrStore(key, new(atomic.Uint64))
+	return c.(*atomic.Uint64)
+}
+
+// instance returns the counters of id, creating them on first use.
+func (st *serviceStats) instance(id string) *instanceStats {
+	if v, ok := st.instances.Load(id); ok {
+		return v.(*instanceStats)
+	}
+	v, _ := st.instances.LoadOrStore(id, new(instanceStats))
+	return v.(*instanceStats)
+}
+
+// countsFor reports whether s's membership events are the counted ones,
+// taking over when the previous owner is gone.
+func (st *serviceStats) countsFor(s *Service) bool {
+	if o := st.owner.Load(); o != nil {
+		return o == s
+	}
+	return st.owner.CompareAndSwap(nil, s)
+}
+
+// observe counts one membership event of s. It is called for every event,
+// off the request path.
+func (s *Service) observe(ev membership.Event) {
+	st := s.stats
+	if st == nil {
+		return
+	}
+	if ev.Kind == membership.EventForget {
+		// bounded cardinality: a forgotten instance's series go away.
+		st.instances.Delete(ev.ID)
+	}
+	if !st.countsFor(s) {
+		return
+	}
+	counterOf(&st.events, ev.Kind).Add(1)
+	if ev.Kind == membership.EventRejected {
+		counterOf(&st.rejected, ev.Reason).Add(1)
+	}
+	if ev.Kind != membership.EventRejected {
+		s.notePrimary()
+	}
+}
+
+// releaseStats lets go of the shared counters when s is destroyed.
+func (s *Service) releaseStats() {
+	if s.stats == nil {
+		return
+	}
+	s.stats.owner.CompareAndSwap(s, nil)
+	_, _ = statsPool.Delete(s.prefix)
+}
+
+// countRetry counts one retry; reason is how the previous try ended.
+func (s *Service) countRetry(reason string) {
+	if s == nil || s.stats == nil {
+		return
+	}
+	switch reason {
+	case outcomeDial, outcomeStale, outcomeError, outcomeStatus5x:
+	case "":
+		reason = "unknown" // the cx transport is not in use
+	default:
+		reason = "other" // a custom lb_retry_match
+	}
+	counterOf(&s.stats.retries, reason).Add(1)
+}
+
+// countTry counts one try of a request at instance id.
+func (s *Service) countTry(id string, resp *http.Response, err error) {
+	if s.stats == nil || id == "" {
+		return
+	}
+	class := 0
+	if err == nil && resp != nil {
+		if c := resp.StatusCode / 100; c >= 1 && c <= 5 {
+			class = c
+		}
+	}
+	s.stats.instance(id).codes[class].Add(1)
+}
+
+// primaryIDs returns the instances that take new requests now under the
+// failover policy: the active members of the best priority tier that has
+// one not marked failing by passive health; if every one is failing, the
+// best tier (the policy then tries them anyway).
+func (s *Service) primaryIDs(now time.Time) []string {
+	snap := s.reg.Snapshot()
+	for i := range snap.Tiers {
+		var ids []string
+		for _, r := range snap.Tier(i) {
+			if !s.health.failing(r.Dial, now) {
+				ids = append(ids, r.ID)
+			}
+		}
+		if len(ids) > 0 {
+			return ids
+		}
+	}
+	if len(snap.Tiers) > 0 {
+		var ids []string
+		for _, r := range snap.Tier(0) {
+			ids = append(ids, r.ID)
+		}
+		return ids
+	}
+	return nil
+}
+
+// notePrimary counts a failover when the primary moved to instances none
+// of which was primary before. It runs on membership events and scrapes.
+func (s *Service) notePrimary() {
+	st := s.stats
+	if st == nil || st.owner.Load() != s {
+		return
+	}
+	ids := s.primaryIDs(time.Now())
+	if len(ids) == 0 {
+		return
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if len(st.lastPrimary) > 0 && disjoint(ids, st.lastPrimary) {
+		st.failovers.Add(1)
+	}
+	st.lastPrimary = ids
+}
+
+func disjoint(a, b []string) bool {
+	for _, x := range a {
+		for _, y := range b {
+			if x == y {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// metricsCollector exports the metrics of the services of one config. One
+// is registered in each config's metrics registry.
+type metricsCollector struct {
+	mu       sync.Mutex
+	services []*Service
+}
+
+// registerMetrics makes sure the registry of ctx's config exports s.
+func registerMetrics(ctx caddy.Context, s *Service) error {
+	reg := ctx.GetMetricsRegistry()
+	if reg == nil {
+		return nil
+	}
+	c := &metricsCollector{}
+	if err := reg.Register(c); err != nil {
+		var already prometheus.AlreadyRegisteredError
+		if !errors.As(err, &already) {
+			return err
+		}
+		existing, ok := already.ExistingCollector.(*metricsCollector)
+		if !ok {
+			return errors.New("cx: another collector already exports caddy_cx_ metrics")
+		}
+		c = existing
+	}
+	c.add(s)
+	return nil
+}
+
+func (c *metricsCollector) add(s *Service) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, have := range c.services {
+		if have == s {
+			return
+		}
+	}
+	c.services = append(c.services, s)
+}
+
+// Describe implements prometheus.Collector.
+func (c *metricsCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range allDescs {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector: it reads the registries and
+// counters now.
+func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	services := append([]*Service(nil), c.services...)
+	c.mu.Unlock()
+	for _, s := range services {
+		if s.link != nil {
+			ch <- prometheus.MustNewConstMetric(descNATSConnected, prometheus.GaugeValue, boolFloat(s.link.connected()))
+			ch <- prometheus.MustNewConstMetric(descNATSReconnects, prometheus.CounterValue, float64(s.link.reconnects.Load()))
+			break
+		}
+	}
+	for _, s := range representatives(services) {
+		collectService(ch, s)
+	}
+}
+
+// representatives returns one service per prefix: the one whose events
+// are counted if this config has it, else the first.
+func representatives(services []*Service) []*Service {
+	byPrefix := map[string]*Service{}
+	var order []string
+	for _, s := range services {
+		have, ok := byPrefix[s.prefix]
+		if !ok {
+			order = append(order, s.prefix)
+		}
+		if !ok || (s.stats != nil && s.stats.owner.Load() == s && (have.stats == nil || have.stats.owner.Load() != have)) {
+			byPrefix[s.prefix] = s
+		}
+	}
+	sort.Strings(order)
+	out := make([]*Service, len(order))
+	for i, p := range order {
+		out[i] = byPrefix[p]
+	}
+	return out
+}
+
+func collectService(ch chan<- prometheus.Metric, s *Service) {
+	now := time.Now()
+	svc := s.prefix
+	members := s.reg.Members()
+	s.notePrimary()
+	primary := map[string]bool{}
+	for _, id := range s.primaryIDs(now) {
+		primary[id] = true
+	}
+	counts := map[membership.State]int{}
+	for _, m := range members {
+		counts[m.State]++
+		ch <- prometheus.MustNewConstMetric(descHeartbeatAge, prometheus.GaugeValue, now.Sub(m.LastSeen).Seconds(), svc, m.ID)
+		ch <- prometheus.MustNewConstMetric(descPrimary, prometheus.GaugeValue, boolFloat(primary[m.ID]), svc, m.ID)
+	}
+	for _, state := range allStates {
+		ch <- prometheus.MustNewConstMetric(descInstances, prometheus.GaugeValue, float64(counts[state]), svc, string(state))
+	}
+	st := s.stats
+	if st == nil {
+		return
+	}
+	for _, kind := range contractEvents {
+		counterOf(&st.events, kind)
+	}
+	st.events.Range(func(k, v any) bool {
+		ch <- prometheus.MustNewConstMetric(descEvents, prometheus.CounterValue, float64(v.(*atomic.Uint64).Load()), svc, string(k.(membership.EventKind)))
+		return true
+	})
+	st.rejected.Range(func(k, v any) bool {
+		ch <- prometheus.MustNewConstMetric(descRejected, prometheus.CounterValue, float64(v.(*atomic.Uint64).Load()), svc, k.(string))
+		return true
+	})
+	st.retries.Range(func(k, v any) bool {
+		ch <- prometheus.MustNewConstMetric(descRetries, prometheus.CounterValue, float64(v.(*atomic.Uint64).Load()), svc, k.(string))
+		return true
+	})
+	ch <- prometheus.MustNewConstMetric(descFailovers, prometheus.CounterValue, float64(st.failovers.Load()), svc)
+	st.instances.Range(func(k, v any) bool {
+		is := v.(*instanceStats)
+		for i := range is.codes {
+			if n := is.codes[i].Load(); n > 0 {
+				ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(n), svc, k.(string), codeClasses[i])
+			}
+		}
+		return true
+	})
+}
+
+func boolFloat(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// Interface guard.
+var _ prometheus.Collector = (*metricsCollector)(nil)
