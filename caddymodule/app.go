@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/url"
 	"sync"
-	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
@@ -203,8 +202,8 @@ func (a *App) Cleanup() error {
 
 // Service returns the membership of one subject prefix, shared with every
 // other user of the same configuration, across reloads.
-func (a *App) Service(cfg membership.Config, failTimeout time.Duration) (*Service, error) {
-	s, err := acquireService(a.linkKey, cfg, failTimeout, a.logger)
+func (a *App) Service(cfg membership.Config, opts serviceOptions) (*Service, error) {
+	s, err := acquireService(a.linkKey, cfg, opts, a.logger)
 	if err != nil {
 		return nil, err
 	}

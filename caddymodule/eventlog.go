@@ -32,6 +32,10 @@ func (l *eventLog) event(ev membership.Event) {
 	switch ev.Kind {
 	case membership.EventRejected:
 		l.rejected(ev)
+	case membership.EventFlapping, membership.EventRoleConflict, membership.EventAliveUnheard:
+		l.logger.Warn(string(ev.Kind), append(fields, zap.String("detail", ev.Detail))...)
+	case membership.EventVersionSwitch, membership.EventRoleResolved:
+		l.logger.Info(string(ev.Kind), zap.String("detail", ev.Detail))
 	case membership.EventConflict:
 		l.logger.Warn("instance id conflict", append(fields, zap.String("detail", ev.Detail))...)
 	case membership.EventStale:

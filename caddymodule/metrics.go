@@ -50,9 +50,14 @@ var (
 		"1 while the gateway is connected to NATS, else 0.", nil, nil)
 	descNATSReconnects = prometheus.NewDesc(metricsNamespace+"nats_reconnects_total",
 		"Times the gateway's NATS connection came back after being lost.", nil, nil)
+	descRoleConflict = prometheus.NewDesc(metricsNamespace+"leader_role_conflict_since_seconds",
+		"Unix time since which a leader role is claimed by more than one active instance (split brain); absent when none is.",
+		[]string{"service", "role"}, nil)
+	descServedVersion = prometheus.NewDesc(metricsNamespace+"served_version",
+		"1 for the version routed with `versions consistent`.", []string{"service", "version"}, nil)
 
 	allDescs = []*prometheus.Desc{descInstances, descHeartbeatAge, descPrimary, descEvents, descRejected,
-		descRequests, descRetries, descFailovers, descNATSConnected, descNATSReconnects}
+		descRequests, descRetries, descFailovers, descNATSConnected, descNATSReconnects, descRoleConflict, descServedVersion}
 )
 
 // contractEvents are always exported, at 0 until they happen, so that
@@ -354,6 +359,12 @@ func collectService(ch chan<- prometheus.Metric, s *Service) {
 	}
 	for _, state := range allStates {
 		ch <- prometheus.MustNewConstMetric(descInstances, prometheus.GaugeValue, float64(counts[state]), svc, string(state))
+	}
+	for _, c := range s.reg.RoleConflicts() {
+		ch <- prometheus.MustNewConstMetric(descRoleConflict, prometheus.GaugeValue, float64(c.Since.Unix()), svc, c.Role)
+	}
+	if s.reg.Config().ConsistentVersions {
+		ch <- prometheus.MustNewConstMetric(descServedVersion, prometheus.GaugeValue, 1, svc, s.reg.Snapshot().Version)
 	}
 	st := s.stats
 	if st == nil {

@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"encoding/json"
+	"slices"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -103,11 +104,11 @@ func parseCxProxy(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 // cxProxyOption consumes one of cx_proxy's own options, deleting its
 // tokens so that reverse_proxy's parser does not see them.
 func cxProxyOption(d *caddyfile.Dispenser, source *Upstreams, policy *string) error {
-	switch d.Val() {
-	case "subject_prefix", "stale_after", "forget_after", "fail_timeout", "allow_networks", "priority", "max_instances", "header_instance":
+	switch {
+	case slices.Contains(sourceOptions, d.Val()):
 		line := takeLine(d)
 		return source.unmarshalOption(line)
-	case "policy":
+	case d.Val() == "policy":
 		line := takeLine(d)
 		if err := oneArg(line, policy); err != nil {
 			return err

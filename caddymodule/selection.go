@@ -31,6 +31,8 @@ type candidateInfo struct {
 	// header, if set, is the response header the cx transport names the
 	// serving instance in.
 	header string
+	// slowStart, if set, ramps the share of newly routed instances.
+	slowStart time.Duration
 }
 
 // instanceOf returns the id of the instance at dial among the pool.
@@ -136,7 +138,11 @@ func selectTiered(pool reverseproxy.UpstreamPool, r *http.Request, turn *uint64,
 		p.lenient = lenient
 		start := 0
 		for _, end := range info.tiers {
-			if u := p.roundRobin(pool[start:end], turn); u != nil {
+			u := p.slowStart(pool[start:end], info.rampOf(start))
+			if u == nil {
+				u = p.roundRobin(pool[start:end], turn)
+			}
+			if u != nil {
 				p.tried.dials = append(p.tried.dials, u.Dial)
 				return u
 			}

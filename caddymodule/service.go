@@ -44,11 +44,26 @@ type serviceKey struct {
 	AllowNetworks []string
 	Priority      map[string]int
 	FailTimeout   time.Duration
+	Rise          int
+	FlapLimit     int
+	FlapWindow    time.Duration
+	FlapHold      time.Duration
+	Consistent    bool
+	ConfirmWith   string
 }
 
-func keyOf(link string, cfg membership.Config, failTimeout time.Duration) string {
+// serviceOptions are the settings of a service that live outside the
+// membership registry.
+type serviceOptions struct {
+	failTimeout time.Duration
+	confirmWith string // the path behind cfg.Confirm, for the pool key
+}
+
+func keyOf(link string, cfg membership.Config, opts serviceOptions) string {
 	k := serviceKey{Link: link, Prefix: cfg.Prefix, StaleAfter: cfg.StaleAfter, ForgetAfter: cfg.ForgetAfter,
-		MaxInstances: cfg.MaxInstances, Priority: cfg.Priority, FailTimeout: failTimeout}
+		MaxInstances: cfg.MaxInstances, Priority: cfg.Priority, FailTimeout: opts.failTimeout,
+		Rise: cfg.Rise, FlapLimit: cfg.FlapLimit, FlapWindow: cfg.FlapWindow, FlapHold: cfg.FlapHold,
+		Consistent: cfg.ConsistentVersions, ConfirmWith: opts.confirmWith}
 	for _, n := range cfg.AllowNetworks {
 		k.AllowNetworks = append(k.AllowNetworks, n.String())
 	}
@@ -56,14 +71,14 @@ func keyOf(link string, cfg membership.Config, failTimeout time.Duration) string
 	return string(b)
 }
 
-func acquireService(link string, cfg membership.Config, failTimeout time.Duration, logger *zap.Logger) (*Service, error) {
+func acquireService(link string, cfg membership.Config, opts serviceOptions, logger *zap.Logger) (*Service, error) {
 	if cfg.Prefix == "" {
 		cfg.Prefix = heartbeat.DefaultPrefix
 	}
-	key := keyOf(link, cfg, failTimeout)
+	key := keyOf(link, cfg, opts)
 	val, loaded, err := servicePool.LoadOrNew(key, func() (caddy.Destructor, error) {
 		s := &Service{key: key, prefix: cfg.Prefix, log: newEventLog(logger.With(zap.String("service", cfg.Prefix))),
-			health: &passiveHealth{timeout: failTimeout}}
+			health: &passiveHealth{timeout: opts.failTimeout}}
 		cfg.OnEvent = s.onEvent
 		reg, err := membership.New(cfg)
 		if err != nil {

@@ -47,7 +47,7 @@ func launchChromium(t *testing.T, url string) *cdp {
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, chromiumPath(t), "--headless", "--no-sandbox", "--disable-gpu",
 		"--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-		"--user-data-dir="+t.TempDir(), "--remote-debugging-port=0", "--remote-allow-origins=*",
+		"--user-data-dir="+profileDir(t), "--remote-debugging-port=0", "--remote-allow-origins=*",
 		"--window-size=1200,640", "--hide-scrollbars", url)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -277,4 +277,17 @@ func TestStatusPageUpdatesLiveInChromium(t *testing.T) {
 	page.waitFor(t, 3*time.Second, rowState("app2"), `"left"`, "app2 left")
 	page.waitFor(t, 3*time.Second, `Array.from(document.querySelectorAll('.warning')).some(w => w.textContent.includes('no active instance'))`,
 		"true", "the no-active-instance warning")
+}
+
+// profileDir is a Chromium profile directory removed after the test. Not
+// t.TempDir: Chromium's helper processes may still write into it for a
+// moment after the browser exits, which fails t.TempDir's cleanup.
+func profileDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "cx-chromium-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	return dir
 }

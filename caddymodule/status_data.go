@@ -28,8 +28,10 @@ type ServiceStatus struct {
 	Primary []string `json:"primary"`
 	// Warnings are problems an operator should look at: no active
 	// instance, a leader role claimed by two active instances.
-	Warnings  []string         `json:"warnings"`
-	Instances []InstanceStatus `json:"instances"`
+	Warnings []string `json:"warnings"`
+	// ServedVersion is the one version routed with `versions consistent`.
+	ServedVersion string           `json:"served_version,omitempty"`
+	Instances     []InstanceStatus `json:"instances"`
 }
 
 // InstanceStatus is one known instance.
@@ -61,6 +63,10 @@ type InstanceStatus struct {
 	// (they take turns); with `policy round_robin` every active instance
 	// takes requests.
 	Primary bool `json:"primary"`
+	// Held is true for an active instance kept out of routing: it has not
+	// had `rise` heartbeats yet, or it is flapping (until HeldUntil).
+	Held      bool      `json:"held"`
+	HeldUntil time.Time `json:"held_until,omitzero"`
 }
 
 // statusReport reports every running service, or only those of prefixes
@@ -100,7 +106,6 @@ func (s *Service) status(now time.Time) ServiceStatus {
 	}
 	primary := s.primaryIDs(now)
 	out.Primary = append(out.Primary, primary...)
-	roles := map[string][]string{}
 	active := 0
 	for _, m := range s.reg.Members() {
 		in := InstanceStatus{
@@ -112,6 +117,10 @@ func (s *Service) status(now time.Time) ServiceStatus {
 			RequestsInFlight: s.inflight.count(heartbeat.HostPort(m.URL)),
 			Failing:          m.State == membership.StateActive && s.health.failing(m.Dial, now),
 			Primary:          slices.Contains(primary, m.ID),
+			Held:             m.Held,
+		}
+		if m.Held && m.HeldUntil.After(now) {
+			in.HeldUntil = m.HeldUntil.UTC()
 		}
 		if in.LeaderRoles == nil {
 			in.LeaderRoles = []string{}
@@ -119,26 +128,20 @@ func (s *Service) status(now time.Time) ServiceStatus {
 		if in.Meta == nil {
 			in.Meta = map[string]string{}
 		}
-		if m.State == membership.StateActive {
+		if m.State == membership.StateActive && !m.Held {
 			active++
-			for _, role := range m.LeaderRoles {
-				roles[role] = append(roles[role], m.ID)
-			}
 		}
 		out.Instances = append(out.Instances, in)
 	}
 	if active == 0 {
 		out.Warnings = append(out.Warnings, "no active instance: requests get 503 Service Unavailable")
 	}
-	names := make([]string, 0, len(roles))
-	for role := range roles {
-		names = append(names, role)
+	for _, c := range s.reg.RoleConflicts() {
+		out.Warnings = append(out.Warnings, fmt.Sprintf("leader role %q is claimed by %d active instances: %v (since %s)",
+			c.Role, len(c.IDs), c.IDs, c.Since.UTC().Format(time.RFC3339)))
 	}
-	sort.Strings(names)
-	for _, role := range names {
-		if ids := roles[role]; len(ids) > 1 {
-			out.Warnings = append(out.Warnings, fmt.Sprintf("leader role %q is claimed by %d active instances: %v", role, len(ids), ids))
-		}
+	if v := s.reg.Snapshot().Version; s.reg.Config().ConsistentVersions {
+		out.ServedVersion = v
 	}
 	if !out.NATSConnected {
 		out.Warnings = append(out.Warnings, "the gateway is not connected to NATS: routing continues on the last known instances, none turns stale until it reconnects")

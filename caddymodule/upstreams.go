@@ -63,6 +63,41 @@ type Upstreams struct {
 	// `header_instance` without a name uses X-Cx-Instance.
 	HeaderInstance string `json:"header_instance,omitempty"`
 
+	// Versions is `any` (default) or `consistent`: new requests then go to
+	// instances of one version only, and during a rolling deploy the
+	// gateway switches to the newer version in one step, once it has at
+	// least as many active instances as the old one (or the old ones are
+	// gone), so that a user's requests never alternate between versions.
+	Versions string `json:"versions,omitempty"`
+
+	// Rise is how many consecutive ready heartbeats a new, returning or
+	// restarted instance needs before it is routed. Default: 1.
+	Rise int `json:"rise,omitempty"`
+
+	// FlapLimit, when set, holds out of routing an instance that left
+	// active state more than this many times within FlapWindow (default
+	// 1m), for FlapHold (default 10s), doubling with every further hold
+	// up to 5m.
+	FlapLimit  int            `json:"flap_limit,omitempty"`
+	FlapWindow caddy.Duration `json:"flap_window,omitempty"`
+	FlapHold   caddy.Duration `json:"flap_hold,omitempty"`
+
+	// SlowStart ramps a newly routed instance's share of round-robin
+	// traffic linearly from a tenth to its full share over this duration.
+	SlowStart caddy.Duration `json:"slow_start,omitempty"`
+
+	// FailbackDelay keeps a newly routed instance from taking over from
+	// instances already serving (e.g. a primary that just came back) for
+	// this long: until then it is used only if they are not available.
+	FailbackDelay caddy.Duration `json:"failback_delay,omitempty"`
+
+	// ConfirmWith is a path. When set, an instance whose heartbeats stop is
+	// probed at its url + this path before it is marked stale; if it
+	// answers 2xx it stays routed (its NATS link is down, not the
+	// instance) and a warning is logged and counted. The probe runs off the
+	// request path, with a 1s timeout.
+	ConfirmWith string `json:"confirm_with,omitempty"`
+
 	service *Service
 	window  uint64
 }
@@ -89,7 +124,7 @@ func (u *Upstreams) Provision(ctx caddy.Context) error {
 	if failTimeout == 0 {
 		failTimeout = DefaultFailTimeout
 	}
-	svc, err := appIface.(*App).Service(cfg, failTimeout)
+	svc, err := appIface.(*App).Service(cfg, serviceOptions{failTimeout: failTimeout, confirmWith: u.ConfirmWith})
 	if err != nil {
 		return err
 	}
@@ -107,6 +142,13 @@ func (u *Upstreams) config() (membership.Config, error) {
 		ForgetAfter:  time.Duration(u.ForgetAfter),
 		MaxInstances: u.MaxInstances,
 		Priority:     u.Priority,
+		Rise:         u.Rise,
+		FlapLimit:    u.FlapLimit,
+		FlapWindow:   time.Duration(u.FlapWindow),
+		FlapHold:     time.Duration(u.FlapHold),
+	}
+	if err := u.configureBeyond(&cfg); err != nil {
+		return cfg, err
 	}
 	if cfg.Prefix == "" {
 		cfg.Prefix = heartbeat.DefaultPrefix
@@ -132,11 +174,15 @@ func (u *Upstreams) config() (membership.Config, error) {
 func (u *Upstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, error) {
 	snap := u.service.reg.Snapshot()
 	routes, tiers := candidates(snap, atomic.AddUint64(&u.window, 1))
+	if u.FailbackDelay > 0 {
+		routes, tiers = delayFailback(routes, tiers, time.Now(), time.Duration(u.FailbackDelay))
+	}
 	ups := make([]*reverseproxy.Upstream, len(routes))
 	for i := range routes {
 		ups[i] = &reverseproxy.Upstream{Dial: routes[i].Dial}
 	}
-	caddyhttp.SetVar(r.Context(), varCandidates, &candidateInfo{tiers: tiers, svc: u.service, routes: routes, header: u.HeaderInstance})
+	caddyhttp.SetVar(r.Context(), varCandidates, &candidateInfo{tiers: tiers, svc: u.service, routes: routes, header: u.HeaderInstance,
+		slowStart: time.Duration(u.SlowStart)})
 	return ups, nil
 }
 

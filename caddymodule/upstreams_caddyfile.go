@@ -34,6 +34,11 @@ func (u *Upstreams) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
+// sourceOptions are the options of `dynamic cx`, which cx_proxy takes too.
+var sourceOptions = []string{"subject_prefix", "stale_after", "forget_after", "fail_timeout", "allow_networks",
+	"priority", "max_instances", "header_instance", "versions", "rise", "flap_limit", "flap_window", "flap_hold",
+	"slow_start", "failback_delay", "confirm_with"}
+
 // unmarshalOption reads one option of the source; cx_proxy shares it.
 func (u *Upstreams) unmarshalOption(d *caddyfile.Dispenser) error {
 	switch opt := d.Val(); opt {
@@ -59,15 +64,7 @@ func (u *Upstreams) unmarshalOption(d *caddyfile.Dispenser) error {
 	case "priority":
 		return u.unmarshalPriority(d)
 	case "max_instances":
-		var s string
-		if err := oneArg(d, &s); err != nil {
-			return err
-		}
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 {
-			return d.Errf("max_instances: %q is not a positive whole number", s)
-		}
-		u.MaxInstances = n
+		return countArg(d, &u.MaxInstances)
 	case "header_instance":
 		u.HeaderInstance = DefaultInstanceHeader
 		if d.NextArg() {
@@ -80,7 +77,7 @@ func (u *Upstreams) unmarshalOption(d *caddyfile.Dispenser) error {
 			return d.Errf("header_instance: %q is not a valid header name (letters, digits and - only)", u.HeaderInstance)
 		}
 	default:
-		return d.Errf("unknown option %q; allowed: subject_prefix, stale_after, forget_after, fail_timeout, allow_networks, priority, max_instances, header_instance", opt)
+		return u.unmarshalBeyond(d, opt)
 	}
 	return nil
 }

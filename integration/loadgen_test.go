@@ -22,6 +22,7 @@ type result struct {
 	Status    int    // 0 if no response
 	Err       error  // transport error or a bad body
 	Instance  string // X-Instance of the response
+	Process   string // X-Process of the response: the backend's pid
 }
 
 // End is when the response was complete.
@@ -149,6 +150,7 @@ func (l *loadGen) do(seq int, scheduled time.Time) {
 			_ = resp.Body.Close()
 			r.Status = resp.StatusCode
 			r.Instance = resp.Header.Get("X-Instance")
+			r.Process = resp.Header.Get("X-Process")
 			if err == nil && l.check != nil {
 				err = l.check(resp, body)
 			}

@@ -42,6 +42,7 @@
 
 	function row(i, bad) {
 		var state = [el("span", { "class": "badge " + i.state, text: i.state })];
+		if (i.held) state.push(" ", el("span", { "class": "badge failing", text: "held", title: i.held_until ? "flapping: held out of routing until " + new Date(i.held_until).toLocaleTimeString() : "waiting for enough consecutive heartbeats (rise)" }));
 		if (i.failing) state.push(" ", el("span", { "class": "badge failing", text: "failing", title: "failed a request recently; passed over while others are available" }));
 		var serving = i.primary ? [el("span", { "class": "badge serving", text: "connected" })] : [];
 		var roles = i.leader_roles.map(function (r) {

@@ -12,11 +12,12 @@
 //	     /ws             WebSocket echo
 //	POST /admin/fail?ms=N  every non-admin path answers 503 for N ms
 //	GET  /admin/count    JSON: requests served per path (admin paths excluded)
+//	GET  /admin/conns    JSON: {"opened":N,"open":M} TCP connections accepted so far / open now
 //
 // Flags: --id, --listen, --nats, --prefix, --priority, --interval,
 // --version, --shutdown-timeout, --debug (log every heartbeat).
 //
-// Every response carries `X-Instance: <id>`. SIGTERM/SIGINT announce
+// Every response carries `X-Instance: <id>` and `X-Process: <pid>`. SIGTERM/SIGINT announce
 // leaving, finish in-flight requests and exit 0; SIGUSR1 announces
 // draining, SIGUSR2 ready again.
 package main
@@ -67,7 +68,7 @@ func main() {
 		os.Exit(2)
 	}
 
-	b := &backend{id: *id, counts: map[string]int64{}}
+	b := &backend{id: *id, pid: strconv.Itoa(os.Getpid()), counts: map[string]int64{}}
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		log.Error("listen", "error", err)
@@ -76,7 +77,7 @@ func main() {
 	addr := ln.Addr().String()
 	fmt.Printf("LISTEN %s\n", addr)
 
-	srv := &http.Server{Handler: b.routes(), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: b.routes(), ReadHeaderTimeout: 10 * time.Second, ConnState: b.connState}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	// Announce only once the listener accepts connections.
@@ -170,11 +171,24 @@ func waitAccepting(addr string, timeout time.Duration) error {
 
 type backend struct {
 	id        string
+	pid       string
+	opened    atomic.Int64 // TCP connections accepted
+	open      atomic.Int64 // TCP connections open now
 	failUntil atomic.Int64 // unix nanos
 	total     atomic.Int64
 
 	mu     sync.Mutex
 	counts map[string]int64
+}
+
+func (b *backend) connState(_ net.Conn, st http.ConnState) {
+	switch st {
+	case http.StateNew:
+		b.opened.Add(1)
+		b.open.Add(1)
+	case http.StateClosed, http.StateHijacked:
+		b.open.Add(-1)
+	}
 }
 
 func (b *backend) routes() http.Handler {
@@ -213,8 +227,13 @@ func (b *backend) routes() http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(data)
 	})
+	mux.HandleFunc("GET /admin/conns", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"opened":%d,"open":%d}`, b.opened.Load(), b.open.Load())
+	})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Instance", b.id)
+		w.Header().Set("X-Process", b.pid)
 		if len(r.URL.Path) >= 7 && r.URL.Path[:7] == "/admin/" {
 			mux.ServeHTTP(w, r)
 			return

@@ -1,0 +1,82 @@
+package caddymodule
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/caddy-cx/caddy-cx/membership"
+)
+
+// configureBeyond maps the options no load balancer without heartbeats can
+// offer (versions, confirm_with) onto the membership configuration.
+func (u *Upstreams) configureBeyond(cfg *membership.Config) error {
+	switch u.Versions {
+	case "", "any":
+	case "consistent":
+		cfg.ConsistentVersions = true
+	default:
+		return fmt.Errorf("cx: versions %q: allowed are any (the default) and consistent", u.Versions)
+	}
+	if u.Rise < 0 || u.FlapLimit < 0 || u.FlapWindow < 0 || u.FlapHold < 0 || u.SlowStart < 0 || u.FailbackDelay < 0 {
+		return fmt.Errorf("cx: rise, flap_limit, flap_window, flap_hold, slow_start and failback_delay must not be negative")
+	}
+	if u.ConfirmWith != "" {
+		if !strings.HasPrefix(u.ConfirmWith, "/") {
+			return fmt.Errorf("cx: confirm_with %q must be a path starting with /, like /health", u.ConfirmWith)
+		}
+		cfg.Confirm = confirmProbe(u.ConfirmWith)
+	}
+	return nil
+}
+
+// ConfirmTimeout bounds one confirmation probe.
+const ConfirmTimeout = time.Second
+
+var confirmClient = &http.Client{Timeout: ConfirmTimeout}
+
+// confirmProbe returns a probe that GETs an instance's url + path and
+// reports whether it answered 2xx.
+func confirmProbe(path string) func(url string) bool {
+	return func(url string) bool {
+		resp, err := confirmClient.Get(strings.TrimSuffix(url, "/") + path)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode >= 200 && resp.StatusCode < 300
+	}
+}
+
+// delayFailback moves routes that entered routing less than delay ago
+// behind the others (keeping tiers), so that a returning primary does not
+// take all traffic at once; it is used only when nothing else is available.
+func delayFailback(routes []membership.Route, tiers []int, now time.Time, delay time.Duration) ([]membership.Route, []int) {
+	young := 0
+	for i := range routes {
+		if now.Sub(routes[i].ActiveSince) < delay {
+			young++
+		}
+	}
+	if young == 0 || young == len(routes) {
+		return routes, tiers
+	}
+	out := make([]membership.Route, 0, len(routes))
+	var outTiers []int
+	for _, wantYoung := range []bool{false, true} {
+		start := 0
+		for _, end := range tiers {
+			for _, r := range routes[start:end] {
+				if (now.Sub(r.ActiveSince) < delay) == wantYoung {
+					out = append(out, r)
+				}
+			}
+			if n := len(out); n > 0 && (len(outTiers) == 0 || outTiers[len(outTiers)-1] != n) {
+				outTiers = append(outTiers, n)
+			}
+			start = end
+		}
+	}
+	return out, outTiers
+}
