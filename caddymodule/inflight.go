@@ -11,8 +11,9 @@ import (
 // that as the client going away and would not retry.
 var errInstanceStale = errors.New("instance turned stale while the request waited for its response")
 
-// inflight tracks the requests waiting for response headers, per dial
-// address, so that they can be cancelled when their instance goes silent.
+// inflight tracks the requests waiting for response headers, per instance
+// id (not address: several ids may share one), so that they can be
+// cancelled when their instance goes silent.
 type inflight struct {
 	mu      sync.Mutex
 	waiting map[string]map[*waiter]struct{}
@@ -20,38 +21,38 @@ type inflight struct {
 
 type waiter struct{ cancel context.CancelCauseFunc }
 
-func (f *inflight) add(dial string, cancel context.CancelCauseFunc) *waiter {
+func (f *inflight) add(id string, cancel context.CancelCauseFunc) *waiter {
 	w := &waiter{cancel: cancel}
 	f.mu.Lock()
 	if f.waiting == nil {
 		f.waiting = map[string]map[*waiter]struct{}{}
 	}
-	set := f.waiting[dial]
+	set := f.waiting[id]
 	if set == nil {
 		set = map[*waiter]struct{}{}
-		f.waiting[dial] = set
+		f.waiting[id] = set
 	}
 	set[w] = struct{}{}
 	f.mu.Unlock()
 	return w
 }
 
-func (f *inflight) remove(dial string, w *waiter) {
+func (f *inflight) remove(id string, w *waiter) {
 	f.mu.Lock()
-	if set := f.waiting[dial]; set != nil {
+	if set := f.waiting[id]; set != nil {
 		delete(set, w)
 		if len(set) == 0 {
-			delete(f.waiting, dial)
+			delete(f.waiting, id)
 		}
 	}
 	f.mu.Unlock()
 }
 
-// cancelAll cancels every request waiting on dial with cause.
-func (f *inflight) cancelAll(dial string, cause error) int {
+// cancelAll cancels every request waiting on instance id with cause.
+func (f *inflight) cancelAll(id string, cause error) int {
 	f.mu.Lock()
-	set := f.waiting[dial]
-	delete(f.waiting, dial)
+	set := f.waiting[id]
+	delete(f.waiting, id)
 	f.mu.Unlock()
 	for w := range set {
 		w.cancel(cause)
@@ -59,9 +60,9 @@ func (f *inflight) cancelAll(dial string, cause error) int {
 	return len(set)
 }
 
-// count is the number of requests waiting on dial.
-func (f *inflight) count(dial string) int {
+// count is the number of requests waiting on instance id.
+func (f *inflight) count(id string) int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return len(f.waiting[dial])
+	return len(f.waiting[id])
 }

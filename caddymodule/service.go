@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"encoding/json"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -33,6 +34,9 @@ type Service struct {
 
 	mu      sync.Mutex
 	watcher *membership.Watcher
+	// warmUntil is the end of the start-up window in which a request that
+	// finds no instance waits for the first heartbeats (unix nanoseconds).
+	warmUntil atomic.Int64
 }
 
 type serviceKey struct {
@@ -138,7 +142,7 @@ func (s *Service) onEvent(ev membership.Event) {
 		// a new process, or one that proved alive again, starts clean.
 		s.health.clear(heartbeat.HostPort(ev.URL))
 	case membership.EventStale:
-		s.inflight.cancelAll(heartbeat.HostPort(ev.URL), errInstanceStale)
+		s.inflight.cancelAll(ev.ID, errInstanceStale)
 	}
 	s.observe(ev)
 	s.log.event(ev)
@@ -157,6 +161,7 @@ func (s *Service) start(nc *nats.Conn) error {
 		return err
 	}
 	s.watcher = w
+	s.warmUntil.Store(time.Now().Add(WarmUp).UnixNano())
 	return nil
 }
 

@@ -6,7 +6,6 @@ import (
 	"sort"
 	"time"
 
-	"github.com/caddy-cx/caddy-cx/heartbeat"
 	"github.com/caddy-cx/caddy-cx/membership"
 )
 
@@ -114,7 +113,7 @@ func (s *Service) status(now time.Time) ServiceStatus {
 			HeartbeatAgeSeconds: seconds(now.Sub(m.LastSeen)), IntervalMS: m.Interval.Milliseconds(),
 			StaleAfterSeconds: m.StaleAfter.Seconds(), Priority: m.Priority, AnnouncedPriority: m.AnnouncedPriority,
 			LeaderRoles: m.LeaderRoles, Meta: m.Meta,
-			RequestsInFlight: s.inflight.count(heartbeat.HostPort(m.URL)),
+			RequestsInFlight: s.inflight.count(m.ID),
 			Failing:          m.State == membership.StateActive && s.health.failing(m.Dial, now),
 			Primary:          slices.Contains(primary, m.ID),
 			Held:             m.Held,

@@ -41,18 +41,17 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return t.HTTPTransport.RoundTrip(req)
 	}
 	dial := req.URL.Host
+	id := info.instanceOf(dial)
 	ctx, cancel := context.WithCancelCause(req.Context())
-	w := info.svc.inflight.add(dial, cancel)
+	w := info.svc.inflight.add(id, cancel)
 	resp, err := t.HTTPTransport.RoundTrip(req.WithContext(ctx))
-	info.svc.inflight.remove(dial, w)
+	info.svc.inflight.remove(id, w)
 	if err != nil && context.Cause(ctx) == errInstanceStale {
-		err = fmt.Errorf("%s: %w", dial, errInstanceStale)
+		err = fmt.Errorf("%s at %s: %w", id, dial, errInstanceStale)
 	}
 	info.svc.recordAttempt(req, dial, resp, err)
-	if info.header != "" && resp != nil {
-		if id := info.instanceOf(dial); id != "" {
-			resp.Header.Set(info.header, id)
-		}
+	if info.header != "" && resp != nil && id != "" {
+		resp.Header.Set(info.header, id)
 	}
 	return resp, err
 }

@@ -19,6 +19,10 @@ func init() {
 	caddy.RegisterModule(Upstreams{})
 }
 
+// RebuildEvery caps how long routing changes are coalesced; small fleets
+// rebuild within microseconds (see membership.Config.RebuildEvery).
+const RebuildEvery = 50 * time.Millisecond
+
 // MaxCandidates bounds the upstreams handed to Caddy per request, whatever
 // the size of the fleet: the best tiers in full while they fit, then a
 // rotating window.
@@ -143,6 +147,7 @@ func (u *Upstreams) config() (membership.Config, error) {
 		MaxInstances: u.MaxInstances,
 		Priority:     u.Priority,
 		Rise:         u.Rise,
+		RebuildEvery: RebuildEvery,
 		FlapLimit:    u.FlapLimit,
 		FlapWindow:   time.Duration(u.FlapWindow),
 		FlapHold:     time.Duration(u.FlapHold),
@@ -172,7 +177,7 @@ func (u *Upstreams) config() (membership.Config, error) {
 // GetUpstreams returns the active instances, best priority first, at most
 // MaxCandidates of them. It reads an immutable snapshot: no locks.
 func (u *Upstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, error) {
-	snap := u.service.reg.Snapshot()
+	snap := u.service.warmSnapshot(r.Context())
 	routes, tiers := candidates(snap, atomic.AddUint64(&u.window, 1))
 	if u.FailbackDelay > 0 {
 		routes, tiers = delayFailback(routes, tiers, time.Now(), time.Duration(u.FailbackDelay))

@@ -27,6 +27,10 @@ type Registry struct {
 	roles  map[string]*RoleConflict
 	// rolesDirty: the message being applied changed someone's roles.
 	rolesDirty bool
+	// coalesced rebuilds (Config.RebuildEvery)
+	lastRebuild     time.Time
+	lastRebuildCost time.Duration
+	rebuildPending  bool
 }
 
 // entry is a member plus what the registry needs to judge later messages.
@@ -268,9 +272,38 @@ func (r *Registry) fill(e *entry, m *heartbeat.Message, now time.Time) {
 	r.settle(e, now)
 }
 
-// rebuild publishes a new snapshot; the lock must be held.
+// rebuild publishes a new snapshot, or schedules it when RebuildEvery
+// coalesces rebuilds; the lock must be held.
 func (r *Registry) rebuild() {
+	if r.cfg.RebuildEvery <= 0 {
+		r.rebuildNow()
+		return
+	}
+	if r.rebuildPending {
+		return
+	}
+	wait := min(r.cfg.RebuildEvery, 10*r.lastRebuildCost) - time.Since(r.lastRebuild)
+	if wait <= 0 {
+		r.rebuildNow()
+		return
+	}
+	r.rebuildPending = true
+	time.AfterFunc(wait, r.pendingRebuild)
+}
+
+func (r *Registry) pendingRebuild() {
+	r.mu.Lock()
+	r.rebuildPending = false
+	r.rebuildNow()
+	events := r.takeEvents()
+	r.mu.Unlock()
+	r.report(events)
+}
+
+func (r *Registry) rebuildNow() {
 	r.generation++
+	r.lastRebuild = time.Now()
+	defer func() { r.lastRebuildCost = time.Since(r.lastRebuild) }()
 	sorted := r.sorted()
 	var version *string
 	if r.cfg.ConsistentVersions {
