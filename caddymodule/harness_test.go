@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/caddy-cx/caddy-cx/heartbeat"
+	"github.com/caddy-cx/caddy-cx/membership"
 )
 
 // freePort returns a loopback port that was free a moment ago.
@@ -106,6 +107,7 @@ func eventually(t testing.TB, within time.Duration, cond func() bool, what strin
 // backend is a real HTTP server on loopback that names itself.
 type backend struct {
 	id       string
+	version  string // sent as X-Version when set
 	url      string
 	failing  atomic.Bool // answer 503 to everything
 	mu       sync.Mutex
@@ -133,6 +135,9 @@ func (b *backend) serve(w http.ResponseWriter, r *http.Request) {
 	b.mu.Unlock()
 	body, _ := io.ReadAll(r.Body)
 	w.Header().Set("X-Instance", b.id)
+	if b.version != "" {
+		w.Header().Set("X-Version", b.version)
+	}
 	if r.ContentLength > 0 && string(body) != "body" {
 		http.Error(w, "truncated body", http.StatusBadRequest)
 		return
@@ -273,4 +278,16 @@ func serviceOf(t testing.TB, prefix string) *Service {
 func mustJSON(v any) string {
 	b, _ := json.Marshal(v)
 	return string(b)
+}
+
+// memberOf returns what the registry knows of id.
+func memberOf(t testing.TB, id string) membership.Member {
+	t.Helper()
+	for _, m := range serviceOf(t, heartbeat.DefaultPrefix).reg.Members() {
+		if m.ID == id {
+			return m
+		}
+	}
+	t.Fatalf("no member %s", id)
+	return membership.Member{}
 }
