@@ -1,0 +1,167 @@
+package announce
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/caddy-cx/caddy-cx/heartbeat"
+)
+
+// Run announces the application described by c until ctx is done or a
+// stop signal (SIGTERM, SIGINT) arrives on signals; then it announces
+// leaving and returns nil. DrainSignal (SIGUSR1) switches to draining,
+// ReadySignal (SIGUSR2) back to ready. Heartbeats go out only while the
+// health check passes; each healthy period is announced by a new
+// heartbeat.Publisher (a new started_at, seq from 1), so the gateway
+// re-admits the application when it is healthy again.
+func Run(ctx context.Context, c *Config, signals <-chan os.Signal, log *slog.Logger) error {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("instance", c.ID)
+	opts, err := c.Auth.natsOptions()
+	if err != nil {
+		return err
+	}
+	nc, err := heartbeat.Connect(c.NATS, append(connHandlers(log), append(opts, nats.Name("caddy-cx announce "+c.ID))...)...)
+	if err != nil {
+		return fmt.Errorf("connecting to NATS at %s: %w", c.NATS, err)
+	}
+	defer nc.Close()
+	if !nc.IsConnected() {
+		log.Warn("NATS unreachable; retrying in the background", "nats", c.NATS, "error", nc.LastError())
+	}
+
+	s := &sidecar{cfg: c, nc: nc, log: log, state: heartbeat.StateReady}
+	checks := make(chan error)
+	watchCtx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { newChecker(c).watch(watchCtx, c.Interval, checks) })
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+	for {
+		select {
+		case err := <-checks:
+			s.onHealth(err)
+		case sig := <-signals:
+			if s.onSignal(sig) {
+				return s.leave(sig.String())
+			}
+		case <-ctx.Done():
+			return s.leave("context done")
+		}
+	}
+}
+
+func connHandlers(log *slog.Logger) []nats.Option {
+	return []nats.Option{
+		nats.ConnectHandler(func(nc *nats.Conn) { log.Info("connected to NATS", "server", nc.ConnectedUrlRedacted()) }),
+		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("reconnected to NATS", "server", nc.ConnectedUrlRedacted()) }),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn("lost NATS connection; heartbeats resume on reconnect", "error", err)
+			}
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			log.Error("NATS error (check the user's permissions on the heartbeat and discover subjects)", "error", err)
+		}),
+	}
+}
+
+// sidecar is the state of one Run; only Run's goroutine touches it.
+type sidecar struct {
+	cfg   *Config
+	nc    *nats.Conn
+	log   *slog.Logger
+	state heartbeat.State
+	pub   *heartbeat.Publisher // nil while unhealthy
+	// waiting is set once "not healthy yet" was logged, so that a long
+	// outage logs one line, not one per check.
+	waiting bool
+}
+
+func (s *sidecar) onHealth(err error) {
+	switch {
+	case err == nil && s.pub == nil:
+		s.announce()
+	case err != nil && s.pub != nil:
+		s.pub.Stop()
+		s.pub = nil
+		s.waiting = true
+		s.log.Warn("health check failed: heartbeats stopped; the gateway takes the instance out of routing when they go stale", "error", err)
+	case err != nil && !s.waiting:
+		s.waiting = true
+		s.log.Info("not healthy yet; heartbeats start once the health check passes", "error", err)
+	}
+}
+
+func (s *sidecar) announce() {
+	pub, err := heartbeat.NewPublisher(s.nc, s.publisherConfig())
+	if err == nil && s.state == heartbeat.StateDraining {
+		err = pub.SetState(s.state)
+	}
+	if err == nil {
+		err = pub.Start()
+	}
+	if err != nil {
+		s.log.Error("cannot announce", "error", err)
+		return
+	}
+	s.pub, s.waiting = pub, false
+	s.log.Info("healthy: announcing", "url", s.cfg.URL, "state", s.state, "subject", heartbeat.HeartbeatSubject(s.cfg.Prefix, s.cfg.ID))
+}
+
+func (s *sidecar) publisherConfig() heartbeat.Config {
+	return heartbeat.Config{
+		Prefix:   s.cfg.Prefix,
+		ID:       s.cfg.ID,
+		URL:      s.cfg.URL,
+		Interval: s.cfg.Interval,
+		Version:  s.cfg.Version,
+		Priority: s.cfg.Priority,
+		Logger:   s.log,
+	}
+}
+
+// onSignal handles sig and reports whether it asks to stop.
+func (s *sidecar) onSignal(sig os.Signal) (stop bool) {
+	var want heartbeat.State
+	switch {
+	case DrainSignal != nil && sig == DrainSignal:
+		want = heartbeat.StateDraining
+	case ReadySignal != nil && sig == ReadySignal:
+		want = heartbeat.StateReady
+	default:
+		return true
+	}
+	s.state = want
+	s.log.Info("state changed by signal", "signal", sig.String(), "state", want)
+	if s.pub != nil {
+		if err := s.pub.SetState(want); err != nil {
+			s.log.Warn("state not published", "error", err)
+		}
+	}
+	return false
+}
+
+// leave announces leaving if heartbeats are going out. A failure is
+// logged, not returned: the gateway notices the silence anyway.
+func (s *sidecar) leave(why string) error {
+	if s.pub == nil {
+		s.log.Info("stopping; nothing to leave (not announcing)", "reason", why)
+		return nil
+	}
+	if err := s.pub.Leave(); err != nil {
+		s.log.Warn("leaving not announced; the gateway notices when heartbeats go stale", "error", err)
+		return nil
+	}
+	s.log.Info("leaving announced", "reason", why)
+	return nil
+}

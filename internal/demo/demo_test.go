@@ -1,0 +1,192 @@
+package demo
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+	"golang.org/x/net/websocket"
+
+	_ "github.com/caddy-cx/caddy-cx/caddymodule"
+)
+
+// syncBuffer is the demo's output, with a signal when a line appears.
+type syncBuffer struct {
+	mu    sync.Mutex
+	buf   bytes.Buffer
+	waits map[string]chan struct{}
+}
+
+func newSyncBuffer(waitFor ...string) *syncBuffer {
+	b := &syncBuffer{waits: map[string]chan struct{}{}}
+	for _, s := range waitFor {
+		b.waits[s] = make(chan struct{})
+	}
+	return b
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n, err := b.buf.Write(p)
+	for s, ch := range b.waits {
+		if strings.Contains(b.buf.String(), s) {
+			close(ch)
+			delete(b.waits, s)
+		}
+	}
+	return n, err
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func (b *syncBuffer) await(t *testing.T, s string) {
+	t.Helper()
+	b.mu.Lock()
+	ch, ok := b.waits[s]
+	b.mu.Unlock()
+	if !ok {
+		return
+	}
+	select {
+	case <-ch:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("demo never printed %q; output:\n%s", s, b.String())
+	}
+}
+
+// TestDrill runs the whole drill in-process: the kill and the roll must
+// cost clients nothing, and traffic must have moved in every step.
+func TestDrill(t *testing.T) {
+	out := newSyncBuffer()
+	start := time.Now()
+	report, err := Run(context.Background(), Options{Drill: true, Duration: time.Second, Interval: 200 * time.Millisecond, Out: out})
+	t.Logf("drill took %v; output:\n%s", time.Since(start), out)
+	if err != nil && !errors.Is(err, ErrDrillErrors) {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"baseline", "kill", "hang", "roll"} {
+		s := report.Step(name)
+		if s == nil {
+			t.Fatalf("no %s step in the report", name)
+		}
+		if s.Requests == 0 {
+			t.Errorf("%s: no requests", name)
+		}
+		if name != "baseline" && s.Failover < 0 {
+			t.Errorf("%s: traffic never moved to another instance", name)
+		}
+	}
+	for _, name := range []string{"kill", "roll"} {
+		if s := report.Step(name); s.Errors != 0 {
+			t.Errorf("%s: %d client-visible errors: %v", name, s.Errors, s.Samples)
+		}
+	}
+	if kill := report.Step("kill"); kill.Failover > time.Second {
+		t.Errorf("kill: failover took %v; a dead instance's connections fail at once and are retried", kill.Failover)
+	}
+	if hang := report.Step("hang"); hang.Failover < staleAfter(200*time.Millisecond)/2 {
+		t.Errorf("hang: failover after %v, before the instance could be stale", hang.Failover)
+	}
+	for _, want := range []string{"join      app1", "stale     app1", "restart   app1", "leave     app3", "Failover drill:"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+}
+
+// TestDemoServes runs the demo until cancelled: the page names the
+// instance, the WebSocket echo goes through the gateway, and cancelling
+// stops everything with every instance leaving.
+func TestDemoServes(t *testing.T) {
+	out := newSyncBuffer("Ctrl-C stops everything.", "leave     app3")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	o := Options{Out: out, Port: 0}
+	go func() {
+		_, err := Run(ctx, o)
+		done <- err
+	}()
+	out.await(t, "Ctrl-C stops everything.")
+	site := siteOf(t, out.String())
+
+	resp, err := http.Get(site + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), "Served by app1") {
+		t.Errorf("GET /: %s\n%s", resp.Status, body)
+	}
+
+	ws, err := websocket.Dial(strings.Replace(site, "http", "ws", 1)+"/ws", "", site)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := websocket.Message.Send(ws, "ping"); err != nil {
+		t.Fatal(err)
+	}
+	var echo string
+	if err := websocket.Message.Receive(ws, &echo); err != nil || echo != "ping" {
+		t.Errorf("WebSocket echo: %q, %v", echo, err)
+	}
+	ws.Close()
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run after cancel: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+	out.await(t, "leave     app3")
+	for _, want := range []string{"metrics         http://127.0.0.1:", "join      app2", "leave     app1"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// TestPortTaken: a taken port is a clear error naming the flag.
+func TestPortTaken(t *testing.T) {
+	port, err := claimPort(0, "--port")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := (&net.ListenConfig{}).Listen(context.Background(), "tcp", "127.0.0.1:"+strconv.Itoa(port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	_, err = Run(context.Background(), Options{Port: port})
+	if err == nil || !strings.Contains(err.Error(), "is taken") || !strings.Contains(err.Error(), "--port") {
+		t.Errorf("Run on a taken port: %v", err)
+	}
+}
+
+func siteOf(t *testing.T, out string) string {
+	t.Helper()
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) == 2 && f[0] == "site" {
+			return strings.TrimSuffix(f[1], "/")
+		}
+	}
+	t.Fatalf("no site URL in the output:\n%s", out)
+	return ""
+}

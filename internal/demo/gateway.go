@@ -1,0 +1,87 @@
+package demo
+
+import (
+	"fmt"
+	"net"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+)
+
+// gateway is the in-process Caddy running the demo's Caddyfile.
+type gateway struct {
+	caddyfile string
+	status    bool // cx_status is available and configured at /ha
+}
+
+// caddyfileFor is the demo gateway's configuration: an embedded NATS
+// server, one site with cx_proxy and, when withStatus, cx_status at /ha.
+func caddyfileFor(o *Options, withStatus bool) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, `{
+	admin 127.0.0.1:%d
+	persist_config off
+	auto_https off
+	servers {
+		protocols h1
+	}
+	log {
+		level %s
+	}
+	cx {
+		embedded_nats 127.0.0.1:%d
+	}
+}
+
+http://:%d {
+	bind 127.0.0.1
+	cx_proxy {
+		subject_prefix %s
+	}
+`, o.AdminPort, o.logLevel(), o.NATSPort, o.Port, o.Prefix)
+	if withStatus {
+		b.WriteString("\tcx_status /ha\n")
+	}
+	b.WriteString("}\n")
+	return b.String()
+}
+
+// startGateway adapts and loads the demo Caddyfile. When this build has
+// no cx_status directive yet, the site goes without a status page.
+func startGateway(o *Options) (*gateway, error) {
+	g := &gateway{caddyfile: caddyfileFor(o, true), status: true}
+	cfg, err := adapt(g.caddyfile)
+	if err != nil && strings.Contains(err.Error(), "cx_status") {
+		g.caddyfile, g.status = caddyfileFor(o, false), false
+		cfg, err = adapt(g.caddyfile)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := caddy.Load(cfg, true); err != nil {
+		return nil, fmt.Errorf("demo: starting the gateway: %w", err)
+	}
+	return g, nil
+}
+
+func adapt(caddyfile string) ([]byte, error) {
+	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(caddyfile), nil)
+	if err != nil {
+		return nil, fmt.Errorf("demo: adapting the gateway's Caddyfile: %w", err)
+	}
+	return cfg, nil
+}
+
+func (g *gateway) stop() error { return caddy.Stop() }
+
+// claimPort returns port if it is free on 127.0.0.1, or a free port if
+// port is 0. flag names the option that sets it, for the error.
+func claimPort(port int, flag string) (int, error) {
+	ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		return 0, fmt.Errorf("port %d is taken (%v); choose another with %s N, or %s 0 for any free port", port, err, flag, flag)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
