@@ -36,16 +36,7 @@ func freePort(t testing.TB) int {
 // startNATS runs a NATS server in the test process on a free port.
 func startNATS(t testing.TB) string {
 	t.Helper()
-	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Start()
-	if !srv.ReadyForConnections(5 * time.Second) {
-		t.Fatal("nats server not ready")
-	}
-	t.Cleanup(srv.Shutdown)
-	return srv.ClientURL()
+	return secureNATS(t, &server.Options{})
 }
 
 func connect(t testing.TB, url string) *nats.Conn {
@@ -160,11 +151,10 @@ func (b *backend) close() { _ = b.srv.Close() }
 // instance publishes heartbeats for a backend by hand, so tests control
 // every field and every message.
 type instance struct {
-	t         testing.TB
-	nc        *nats.Conn
-	prefix    string
-	msg       heartbeat.Message
-	published int
+	t      testing.TB
+	nc     *nats.Conn
+	prefix string
+	msg    heartbeat.Message
 }
 
 func newInstance(t testing.TB, nc *nats.Conn, id, url string, priority int) *instance {

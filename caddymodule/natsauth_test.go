@@ -26,7 +26,7 @@ import (
 )
 
 // secureNATS starts a NATS server with opts (host and port filled in).
-func secureNATS(t *testing.T, opts *server.Options) string {
+func secureNATS(t testing.TB, opts *server.Options) string {
 	t.Helper()
 	opts.Host, opts.Port, opts.NoSigs, opts.NoLog = "127.0.0.1", -1, true, true
 	srv, err := server.NewServer(opts)

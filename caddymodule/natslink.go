@@ -11,6 +11,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
+
+	"github.com/caddy-cx/caddy-cx/heartbeat"
 )
 
 // linkPool holds the NATS connections, keyed by their configuration, so
@@ -162,31 +164,16 @@ func (a *App) options(logger *zap.Logger, l *natsLink) ([]nats.Option, error) {
 }
 
 func (a *App) authOptions() ([]nats.Option, error) {
-	var opts []nats.Option
-	switch {
-	case a.Credentials != "":
-		opts = append(opts, nats.UserCredentials(a.Credentials))
-	case a.Token != "":
-		opts = append(opts, nats.Token(a.Token))
-	case a.User != "":
-		opts = append(opts, nats.UserInfo(a.User, a.Password))
-	case a.NKey != "":
-		opt, err := nats.NkeyOptionFromSeed(a.NKey)
-		if err != nil {
-			return nil, fmt.Errorf("cx: nkey seed file %s: %w", a.NKey, err)
-		}
-		opts = append(opts, opt)
-	}
+	auth := heartbeat.Auth{Credentials: a.Credentials, Token: a.Token, User: a.User, Password: a.Password, NKey: a.NKey}
 	if a.TLS != nil {
-		if a.TLS.CA != "" {
-			opts = append(opts, nats.RootCAs(a.TLS.CA))
-		}
-		if a.TLS.Cert != "" {
-			opts = append(opts, nats.ClientCert(a.TLS.Cert, a.TLS.Key))
-		}
 		if a.TLS.CA == "" && a.TLS.Cert == "" {
 			return nil, errors.New("cx: tls needs a ca file, a cert and key, or both")
 		}
+		auth.TLSCA, auth.TLSCert, auth.TLSKey = a.TLS.CA, a.TLS.Cert, a.TLS.Key
+	}
+	opts, err := auth.Options()
+	if err != nil {
+		return nil, fmt.Errorf("cx: %w", err)
 	}
 	return opts, nil
 }

@@ -246,17 +246,6 @@ func (b *backend) logTime(msg string) (time.Time, bool) {
 // pid is the backend's process id as its X-Process header shows it.
 func (b *backend) pid() string { return strconv.Itoa(b.Pid()) }
 
-// byProcess counts the successful responses per backend process.
-func (rs results) byProcess() map[string]int {
-	m := map[string]int{}
-	for _, r := range rs {
-		if r.OK() {
-			m[r.Process]++
-		}
-	}
-	return m
-}
-
 // servedBy returns the successful responses of one backend process.
 func (rs results) servedBy(pid string) results {
 	var out results
