@@ -19,7 +19,7 @@ func versionedBackend(t *testing.T, id, version string) *backend {
 
 func TestConsistentVersionsRollingDeployUnderLoad(t *testing.T) {
 	natsURL := startNATS(t)
-	base := gateway(t, natsURL, "http://127.0.0.1:{PORT} {\n\tcx_proxy {\n\t\tpolicy round_robin\n\t\tversions consistent\n\t}\n}")
+	base := gateway(t, natsURL, "http://127.0.0.1:{PORT} {\n\tcx_proxy {\n\t\tpolicy round_robin\n\t\tversions consistent\n\t\tstale_after 10s\n\t}\n}")
 	nc := connect(t, natsURL)
 	ids := []string{"a", "b", "c"}
 	insts := map[string]*instance{}

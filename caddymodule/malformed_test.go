@@ -11,7 +11,7 @@ import (
 
 func TestMalformedHeartbeatsAreRejectedAndNeverRouted(t *testing.T) {
 	natsURL := startNATS(t)
-	base := gateway(t, natsURL, "http://127.0.0.1:{PORT} {\n\tcx_proxy {\n\t\tallow_networks 127.0.0.0/8\n\t}\n}")
+	base := gateway(t, natsURL, "http://127.0.0.1:{PORT} {\n\tcx_proxy {\n\t\tallow_networks 127.0.0.0/8\n\t\tstale_after 10s\n\t}\n}")
 	nc := connect(t, natsURL)
 	good := startBackend(t, "good")
 	newInstance(t, nc, "good", good.url, 5).beat(heartbeat.StateReady)

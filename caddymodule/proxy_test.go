@@ -10,6 +10,10 @@ import (
 
 const basicSite = "http://127.0.0.1:{PORT} {\n\tcx_proxy {\n\t\tstale_after 600ms\n\t}\n}"
 
+// steadySite is for tests whose instances beat once and must not turn
+// stale while a slow (shared, -race) machine runs their requests.
+const steadySite = "http://127.0.0.1:{PORT} {\n\tcx_proxy {\n\t\tstale_after 10s\n\t}\n}"
+
 func TestNewInstanceRoutedWithinMillisecondsOfFirstHeartbeat(t *testing.T) {
 	natsURL := startNATS(t)
 	base := gateway(t, natsURL, basicSite)
@@ -106,7 +110,7 @@ func stateOf(t *testing.T, id string) string {
 
 func TestTwoTiersOfTwo(t *testing.T) {
 	natsURL := startNATS(t)
-	base := gateway(t, natsURL, basicSite)
+	base := gateway(t, natsURL, steadySite)
 	nc := connect(t, natsURL)
 	ids := []string{"a1", "a2", "b1", "b2"}
 	inst := map[string]*instance{}
@@ -148,7 +152,7 @@ func countServers(t *testing.T, base string, n int) map[string]int {
 
 func TestRoundRobinPolicySpreadsEvenly(t *testing.T) {
 	natsURL := startNATS(t)
-	base := gateway(t, natsURL, "http://127.0.0.1:{PORT} {\n\tcx_proxy {\n\t\tpolicy round_robin\n\t}\n}")
+	base := gateway(t, natsURL, "http://127.0.0.1:{PORT} {\n\tcx_proxy {\n\t\tpolicy round_robin\n\t\tstale_after 10s\n\t}\n}")
 	nc := connect(t, natsURL)
 	for i, id := range []string{"r1", "r2", "r3"} {
 		b := startBackend(t, id)

@@ -72,7 +72,7 @@ func TestRetryToAnotherInstanceDoesNotWait(t *testing.T) {
 
 func TestPostToRefusingPortIsRetriedElsewhere(t *testing.T) {
 	natsURL := startNATS(t)
-	base := gateway(t, natsURL, basicSite)
+	base := gateway(t, natsURL, steadySite)
 	nc := connect(t, natsURL)
 	dead := closedPortURL(t)
 	app2 := startBackend(t, "app2")
@@ -99,7 +99,7 @@ func closedPortURL(t *testing.T) string {
 
 func TestWebSocketEchoThroughGateway(t *testing.T) {
 	natsURL := startNATS(t)
-	base := gateway(t, natsURL, basicSite)
+	base := gateway(t, natsURL, steadySite)
 	nc := connect(t, natsURL)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
