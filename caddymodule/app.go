@@ -8,10 +8,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"sync"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
 	"github.com/caddy-cx/caddy-cx/membership"
@@ -58,6 +60,7 @@ type App struct {
 	linkKey  string
 	embedded *embeddedServer
 	logger   *zap.Logger
+	ctx      caddy.Context
 
 	mu       *sync.Mutex
 	services []*Service
@@ -85,6 +88,7 @@ func (App) CaddyModule() caddy.ModuleInfo {
 // connection. It does no network I/O: the connection is made in Start.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
+	a.ctx = ctx
 	a.mu = new(sync.Mutex)
 	if err := a.validate(); err != nil {
 		return err
@@ -167,14 +171,53 @@ func (a *App) Start() error {
 	if err := a.link.start(); err != nil {
 		return err
 	}
+	guard := a.loopGuard()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, s := range a.services {
+		s.loops.Store(guard)
 		if err := s.start(a.link.conn()); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// loopGuard reads this config's HTTP listeners, so that instances cannot
+// point traffic back at the gateway.
+func (a *App) loopGuard() *loopGuard {
+	app, err := a.ctx.AppIfConfigured("http")
+	if err != nil {
+		return nil
+	}
+	httpApp, ok := app.(*caddyhttp.App)
+	if !ok {
+		return nil
+	}
+	return newLoopGuard(httpApp)
+}
+
+// loopbackOnly reports whether the gateway's NATS is on this machine only
+// (the embedded server on a loopback address, or external servers on
+// loopback): a test or demo deployment.
+func (a *App) loopbackOnly() bool {
+	hosts := []string{}
+	for _, u := range a.NATS {
+		if parsed, err := url.Parse(u); err == nil {
+			hosts = append(hosts, parsed.Hostname())
+		}
+	}
+	if len(a.NATS) == 0 {
+		host, _, _ := net.SplitHostPort(a.EmbeddedNATS)
+		hosts = append(hosts, host)
+	}
+	for _, h := range hosts {
+		ip, err := netip.ParseAddr(h)
+		if h != "localhost" && (err != nil || !ip.IsLoopback()) {
+			return false
+		}
+	}
+	return true
 }
 
 // Stop does nothing: the connection, embedded server and watchers outlive

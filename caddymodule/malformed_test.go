@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -54,5 +55,28 @@ func TestMalformedHeartbeatsAreRejectedAndNeverRouted(t *testing.T) {
 	}
 	if evil.count("GET") != 0 {
 		t.Fatal("a rejected instance got traffic")
+	}
+}
+
+func TestInstanceURLPointingAtTheGatewayIsRefused(t *testing.T) {
+	natsURL := startNATS(t)
+	base := gateway(t, natsURL, steadySite)
+	nc := connect(t, natsURL)
+	good := startBackend(t, "good")
+	newInstance(t, nc, "good", good.url, 5).beat(heartbeat.StateReady)
+	servedBy(t, base, "good", time.Second)
+	for i, url := range []string{base, strings.Replace(base, "127.0.0.1", "localhost", 1)} {
+		newInstance(t, nc, fmt.Sprintf("loop%d", i), url, 0).beat(heartbeat.StateReady)
+	}
+	marker := startBackend(t, "marker")
+	newInstance(t, nc, "marker", marker.url, 9).beat(heartbeat.StateReady)
+	eventually(t, time.Second, func() bool { return stateOf(t, "marker") == "active" }, "the marker instance")
+	for _, m := range serviceOf(t, heartbeat.DefaultPrefix).reg.Members() {
+		if strings.HasPrefix(m.ID, "loop") {
+			t.Fatalf("an instance pointing at the gateway itself was admitted: %+v", m)
+		}
+	}
+	if id, code := get(t, "GET", base); code != http.StatusOK || id != "good" {
+		t.Fatalf("status %d from %q", code, id)
 	}
 }

@@ -32,6 +32,9 @@ type natsLink struct {
 	up      atomic.Bool
 	everUp  atomic.Bool
 	closing atomic.Bool
+
+	errMu     sync.Mutex
+	errLogged map[string]time.Time // last log of each kind of async error
 	// reconnects counts the returns of a lost connection (a metric).
 	reconnects atomic.Uint64
 }
@@ -65,8 +68,8 @@ func (l *natsLink) start() error {
 		if nc.IsConnected() {
 			l.markUp(nc)
 		} else {
-			l.logger.Warn("NATS unreachable at start; routing starts once it connects, retrying in the background",
-				zap.String("servers", l.urls), zap.Error(nc.LastError()))
+			l.logger.Warn("cannot connect to NATS at start; routing starts once it connects, retrying in the background",
+				zap.String("servers", l.urls), zap.String("problem", natsProblem(nc.LastError())), zap.Error(nc.LastError()))
 		}
 	})
 	return l.err
@@ -105,7 +108,25 @@ func (l *natsLink) markDown(err error) {
 	if !l.up.Swap(false) || l.closing.Load() {
 		return
 	}
-	l.logger.Warn("lost NATS connection; routing continues on the last known members", zap.Error(err))
+	l.logger.Warn("lost NATS connection; routing continues on the last known members",
+		zap.String("problem", natsProblem(err)), zap.Error(err))
+}
+
+// errorLogEvery bounds how often one kind of asynchronous NATS error (an
+// authentication failure on every reconnect attempt, say) is logged.
+const errorLogEvery = 30 * time.Second
+
+func (l *natsLink) errorLogDue(problem string) bool {
+	l.errMu.Lock()
+	defer l.errMu.Unlock()
+	if l.errLogged == nil {
+		l.errLogged = map[string]time.Time{}
+	}
+	if time.Since(l.errLogged[problem]) < errorLogEvery {
+		return false
+	}
+	l.errLogged[problem] = time.Now()
+	return true
 }
 
 // handlers are the connection callbacks, as in nats.go's examples.
@@ -120,11 +141,14 @@ func (l *natsLink) handlers() []nats.Option {
 			}
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			if !l.errorLogDue(natsProblem(err)) {
+				return
+			}
 			subject := ""
 			if sub != nil {
 				subject = sub.Subject
 			}
-			l.logger.Warn("NATS error", zap.String("subject", subject), zap.Error(err))
+			l.logger.Warn("NATS error", zap.String("subject", subject), zap.String("problem", natsProblem(err)), zap.Error(err))
 		}),
 	}
 }
@@ -144,6 +168,9 @@ func (a *App) options(logger *zap.Logger, l *natsLink) ([]nats.Option, error) {
 		nats.Name("caddy-cx gateway"),
 		nats.RetryOnFailedConnect(true),
 		nats.MaxReconnects(-1),
+		// Credentials may be fixed on the server side while we retry:
+		// keep retrying after authentication errors too.
+		nats.IgnoreAuthErrorAbort(),
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.ReconnectJitter(250*time.Millisecond, time.Second),
 		nats.Timeout(2 * time.Second),

@@ -37,6 +37,8 @@ type Service struct {
 	// warmUntil is the end of the start-up window in which a request that
 	// finds no instance waits for the first heartbeats (unix nanoseconds).
 	warmUntil atomic.Int64
+	// loops refuses instance urls pointing at the gateway's listeners.
+	loops atomic.Pointer[loopGuard]
 }
 
 type serviceKey struct {
@@ -84,6 +86,7 @@ func acquireService(link string, cfg membership.Config, opts serviceOptions, log
 		s := &Service{key: key, prefix: cfg.Prefix, log: newEventLog(logger.With(zap.String("service", cfg.Prefix))),
 			health: &passiveHealth{timeout: opts.failTimeout}}
 		cfg.OnEvent = s.onEvent
+		cfg.Deny = func(url string) string { return s.loops.Load().deny(url) }
 		reg, err := membership.New(cfg)
 		if err != nil {
 			return nil, err

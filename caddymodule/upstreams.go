@@ -10,6 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"go.uber.org/zap"
 
 	"github.com/caddy-cx/caddy-cx/heartbeat"
 	"github.com/caddy-cx/caddy-cx/membership"
@@ -133,6 +134,10 @@ func (u *Upstreams) Provision(ctx caddy.Context) error {
 		return err
 	}
 	u.service = svc
+	if len(u.AllowNetworks) == 0 && !appIface.(*App).loopbackOnly() {
+		ctx.Logger().Warn("allow_networks is not set: whoever can publish on NATS can point this gateway's traffic at any host; set allow_networks to the instances' networks",
+			zap.String("subject_prefix", cfg.Prefix))
+	}
 	if u.HeaderInstance != "" && !validHeaderName(u.HeaderInstance) {
 		return fmt.Errorf("cx: header_instance %q is not a valid header name (letters, digits and - only, like X-Cx-Instance)", u.HeaderInstance)
 	}

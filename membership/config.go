@@ -55,6 +55,9 @@ type Config struct {
 	// (10,000 instances answering a discover), while a small fleet's
 	// rebuilds (microseconds) stay practically immediate.
 	RebuildEvery time.Duration
+	// Deny, if set, may refuse an instance url: a non-empty answer is the
+	// reason (e.g. it points at the gateway's own listener, a loop).
+	Deny func(url string) string
 	// Confirm, if set, is asked before a silent member is marked stale:
 	// true means its url still answers (its NATS link is down, not the
 	// instance), and it stays routed. It is called off the request path,

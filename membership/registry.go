@@ -103,6 +103,12 @@ func (r *Registry) apply(m *heartbeat.Message, now time.Time) (routingChanged bo
 			Detail: "url " + m.URL + " is outside allow_networks"})
 		return false
 	}
+	if r.cfg.Deny != nil {
+		if why := r.cfg.Deny(m.URL); why != "" {
+			r.queue(Event{Kind: EventRejected, ID: m.ID, URL: m.URL, Reason: "loop", Detail: why})
+			return false
+		}
+	}
 	e, known := r.members[m.ID]
 	if !known {
 		return r.admit(m, now)

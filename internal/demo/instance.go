@@ -22,6 +22,9 @@ import (
 type Instance struct {
 	ID       string
 	Priority int
+	// Version is the version the next Start announces and serves (in the
+	// X-Version header); SetVersion changes it between processes.
+	Version string
 
 	natsURL  string
 	prefix   string
@@ -34,6 +37,7 @@ type Instance struct {
 // process is one life of an instance.
 type process struct {
 	id      string
+	version string
 	url     string
 	started time.Time
 	srv     *http.Server
@@ -56,7 +60,7 @@ func (in *Instance) Start() error {
 	if err != nil {
 		return fmt.Errorf("demo: %s: %w", in.ID, err)
 	}
-	p := &process{id: in.ID, url: "http://" + ln.Addr().String(), release: make(chan struct{})}
+	p := &process{id: in.ID, version: in.Version, url: "http://" + ln.Addr().String(), release: make(chan struct{})}
 	if err := p.publisher(in); err != nil {
 		ln.Close()
 		return err
@@ -80,7 +84,7 @@ func (p *process) publisher(in *Instance) error {
 	}
 	pub, err := heartbeat.NewPublisher(nc, heartbeat.Config{
 		Prefix: in.prefix, ID: in.ID, URL: p.url, Interval: in.interval,
-		Version: "demo", Priority: in.Priority, Meta: map[string]string{"demo": "true"},
+		Version: p.version, Priority: in.Priority, Meta: map[string]string{"demo": "true"},
 	})
 	if err != nil {
 		nc.Close()
@@ -100,6 +104,13 @@ func (in *Instance) take() (*process, error) {
 		return nil, fmt.Errorf("demo: %s is not running", in.ID)
 	}
 	return p, nil
+}
+
+// SetVersion sets the version the next Start runs, as a deploy does.
+func (in *Instance) SetVersion(v string) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	in.Version = v
 }
 
 // StartedAt is the started_at of the running process (zero if none).

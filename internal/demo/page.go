@@ -29,6 +29,7 @@ func (p *process) routes() http.Handler {
 			panic(http.ErrAbortHandler)
 		}
 		w.Header().Set("X-Instance", p.id)
+		w.Header().Set("X-Version", p.version)
 		mux.ServeHTTP(w, r)
 	})
 }
@@ -39,8 +40,8 @@ var pageTemplate = template.Must(template.New("page").Parse(`<!doctype html>
 h1{font-size:2.5em;margin:0}code{background:#eee;padding:0 .3em}#log{font-family:monospace;white-space:pre}</style>
 </head><body>
 <h1>Served by {{.ID}}</h1>
-<p>This page came from demo instance <code>{{.ID}}</code> at <code>{{.URL}}</code>,
-started at <code>{{.Started}}</code>. Reload it while you stop instances: the gateway
+<p>This page came from demo instance <code>{{.ID}}</code>, version <code>{{.Version}}</code>,
+at <code>{{.URL}}</code>, started at <code>{{.Started}}</code>. Reload it while you stop instances: the gateway
 sends you to whichever instance is alive. The instances: <a href="/ha">/ha</a>.</p>
 <p>WebSocket echo through the gateway (it stays open while other instances come and go):</p>
 <div id="log"></div>
@@ -58,6 +59,6 @@ ws.onclose = () => { log.textContent += "closed (the instance behind it went awa
 func (p *process) page(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	_ = pageTemplate.Execute(w, map[string]string{
-		"ID": p.id, "URL": p.url, "Started": p.started.Format("15:04:05.000"),
+		"ID": p.id, "Version": p.version, "URL": p.url, "Started": p.started.Format("15:04:05.000"),
 	})
 }
