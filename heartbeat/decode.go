@@ -33,23 +33,36 @@ func invalid(field, format string, args ...any) *Error {
 // wire mirrors Message with every field optional and integers kept raw, so
 // that missing fields and non-integer numbers can be told apart.
 type wire struct {
-	Proto       json.RawMessage
-	ID          *string
-	URL         *string
-	State       *string
-	StartedAt   *string
-	Seq         json.RawMessage
-	IntervalMS  json.RawMessage
-	Version     *string
-	Priority    json.RawMessage
-	LeaderRoles []string
-	Meta        map[string]string
+	Proto       json.RawMessage   `json:"proto"`
+	ID          *string           `json:"id"`
+	URL         *string           `json:"url"`
+	State       *string           `json:"state"`
+	StartedAt   *string           `json:"started_at"`
+	Seq         json.RawMessage   `json:"seq"`
+	IntervalMS  json.RawMessage   `json:"interval_ms"`
+	Version     *string           `json:"version"`
+	Priority    json.RawMessage   `json:"priority"`
+	LeaderRoles []string          `json:"leader_roles"`
+	Meta        map[string]string `json:"meta"`
 }
 
 // decode fills w from a JSON object. Keys match exactly: encoding/json would
 // match struct fields case-insensitively, so that "ID" or "Url" (unknown
 // fields, to be ignored) would override "id" or "url".
 func (w *wire) decode(data []byte) error {
+	// Fast path: one pass into the struct, when no key could be matched
+	// case-insensitively. Any error is reported by the exact path below.
+	if exactKeys(data) {
+		if err := json.Unmarshal(data, w); err == nil {
+			return nil
+		}
+		*w = wire{}
+	}
+	return w.decodeExact(data)
+}
+
+// decodeExact decodes through a map so that keys match exactly.
+func (w *wire) decodeExact(data []byte) error {
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal(data, &obj); err != nil {
 		return invalid("json", "%v", err)

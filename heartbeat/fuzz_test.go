@@ -1,7 +1,9 @@
 package heartbeat
 
 import (
+	"encoding/json"
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -25,7 +27,10 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte(`{"proto":1,"id":"app1","url":"http://h:1","state":"ready","started_at":"2026-11-25T21:00:00,5+24:00","seq":1,"interval_ms":100}`))
 	f.Add([]byte(`{"proto":1,"id":"app1"`))
 	f.Add([]byte("\xff"))
+	f.Add([]byte(`{"proto":1,"ID":"x","id":"app1","Url":"http://h:1","url":"http://h:2","state":"ready","started_at":"2026-11-25T21:00:00Z","seq":1,"interval_ms":100}`))
+	f.Add([]byte(`{"proto":1,"\u0069d":"app1","url":"http://h:2","state":"ready","started_at":"2026-11-25T21:00:00Z","seq":1,"interval_ms":100}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
+		checkFastPathAgrees(t, data)
 		m, err := Decode(DefaultPrefix, exampleSubject, data)
 		if err != nil {
 			var e *Error
@@ -115,5 +120,23 @@ func checkLimits(t *testing.T, m *Message) {
 		if utf8.RuneCountInString(k) > MaxMetaKeyLen || utf8.RuneCountInString(v) > MaxMetaValLen {
 			fail("meta length")
 		}
+	}
+}
+
+// checkFastPathAgrees: the one-pass decoding gives what the exact decoding
+// gives, whenever exactKeys lets it run.
+func checkFastPathAgrees(t *testing.T, data []byte) {
+	if !exactKeys(data) {
+		return
+	}
+	var fast, exact wire
+	if json.Unmarshal(data, &fast) != nil {
+		return
+	}
+	if err := exact.decodeExact(data); err != nil {
+		t.Fatalf("fast path decoded %q, the exact path refused it: %v", data, err)
+	}
+	if !reflect.DeepEqual(fast, exact) {
+		t.Fatalf("fast path %+v, exact path %+v for %q", fast, exact, data)
 	}
 }
