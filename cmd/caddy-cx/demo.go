@@ -29,7 +29,8 @@ WebSocket echo at /ws. It prints the URLs to open and a live log of membership,
 one line per change. Ctrl-C stops everything.
 
 With --drill it runs a scripted failover drill under load instead: kill the
-primary, hang it, roll all three; then prints requests, client-visible errors
+primary, hang it, roll all three, deploy a new version one instance at a time
+(routing one version at a time: clients switch versions exactly once); then prints requests, client-visible errors
 and time to fail over per step, and exits 0 only if no client saw an error.
 
 Every port is on 127.0.0.1; 0 picks a free one.`,

@@ -42,6 +42,10 @@ type Options struct {
 // ErrDrillErrors is returned when clients saw errors during the drill.
 var ErrDrillErrors = errors.New("demo: clients saw errors during the drill")
 
+// ErrVersionSwitches is returned when the version served to clients did
+// not change exactly once, in the drill's deploy step.
+var ErrVersionSwitches = errors.New("drill: the version served to clients did not switch exactly once")
+
 func (o *Options) setDefaults() error {
 	if o.Interval == 0 {
 		o.Interval = 250 * time.Millisecond
@@ -87,7 +91,9 @@ func (o *Options) logLevel() string {
 
 // Run starts the demo and keeps it running until ctx is done or, with
 // Drill, until the drill is over. It returns the drill's report (nil
-// without Drill) and ErrDrillErrors if clients saw errors.
+// without Drill), ErrDrillErrors if clients saw errors and
+// ErrVersionSwitches if they were not switched to the deployed version
+// exactly once.
 func Run(ctx context.Context, o Options) (*Report, error) {
 	if err := o.setDefaults(); err != nil {
 		return nil, err
@@ -120,7 +126,8 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 
 func runDrill(ctx context.Context, o *Options, w *watch, f *fleet, site string) (*Report, error) {
 	d := &drill{ctx: ctx, o: o, watch: w, primary: f.instances[0],
-		roll: []*Instance{f.instances[2], f.instances[1], f.instances[0]}}
+		roll:   []*Instance{f.instances[2], f.instances[1], f.instances[0]},
+		deploy: []*Instance{f.instances[2], f.instances[0], f.instances[1]}}
 	steps, err := d.run(site)
 	report := &Report{Steps: steps, Clients: o.Clients, Interval: o.Interval, StaleAfter: staleAfter(o.Interval)}
 	if err != nil {
@@ -130,7 +137,7 @@ func runDrill(ctx context.Context, o *Options, w *watch, f *fleet, site string) 
 	if report.Errors() > 0 {
 		return report, ErrDrillErrors
 	}
-	return report, nil
+	return report, report.versionsErr()
 }
 
 func printURLs(o *Options, gw *gateway, site string) {
@@ -148,6 +155,7 @@ func printURLs(o *Options, gw *gateway, site string) {
 	fmt.Fprintf(out, "  admin API       %s/config/\n", admin)
 	fmt.Fprintf(out, "  NATS            nats://127.0.0.1:%d   (watch: nats sub '%s.>' -s nats://127.0.0.1:%d)\n\n", o.NATSPort, o.Prefix, o.NATSPort)
 	fmt.Fprintf(out, "app1 has priority 0 (the primary); app2 and app3 have priority 1 (the backups).\n")
+	fmt.Fprintf(out, "All three run version %s; the gateway routes one version at a time (versions consistent).\n", StartVersion)
 	fmt.Fprintf(out, "Membership, one line per change:\n")
 }
 

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -68,17 +69,18 @@ func (b *syncBuffer) await(t *testing.T, s string) {
 	}
 }
 
-// TestDrill runs the whole drill in-process: the kill and the roll must
-// cost clients nothing, and traffic must have moved in every step.
+// TestDrill runs the whole drill in-process: the kill, the roll and the
+// deploy must cost clients nothing, traffic must have moved in every step,
+// and the deploy must switch clients to the new version exactly once.
 func TestDrill(t *testing.T) {
 	out := newSyncBuffer()
 	start := time.Now()
 	report, err := Run(context.Background(), Options{Drill: true, Duration: time.Second, Interval: 200 * time.Millisecond, Out: out})
 	t.Logf("drill took %v; output:\n%s", time.Since(start), out)
-	if err != nil && !errors.Is(err, ErrDrillErrors) {
+	if err != nil && !errors.Is(err, ErrDrillErrors) && !errors.Is(err, ErrVersionSwitches) {
 		t.Fatal(err)
 	}
-	for _, name := range []string{"baseline", "kill", "hang", "roll"} {
+	for _, name := range []string{"baseline", "kill", "hang", "roll", "deploy"} {
 		s := report.Step(name)
 		if s == nil {
 			t.Fatalf("no %s step in the report", name)
@@ -90,10 +92,22 @@ func TestDrill(t *testing.T) {
 			t.Errorf("%s: traffic never moved to another instance", name)
 		}
 	}
-	for _, name := range []string{"kill", "roll"} {
+	for _, name := range []string{"kill", "roll", "deploy"} {
 		if s := report.Step(name); s.Errors != 0 {
 			t.Errorf("%s: %d client-visible errors: %v", name, s.Errors, s.Samples)
 		}
+	}
+	for _, s := range report.Steps {
+		want, versions := 0, []string{StartVersion}
+		if s.Name == "deploy" {
+			want, versions = 1, []string{StartVersion, DeployVersion}
+		}
+		if s.Switches != want || !slices.Equal(s.Versions, versions) {
+			t.Errorf("%s: %d version switches, served %v; want %d, %v", s.Name, s.Switches, s.Versions, want, versions)
+		}
+	}
+	if err := report.versionsErr(); err != nil {
+		t.Error(err)
 	}
 	if kill := report.Step("kill"); kill.Failover > time.Second {
 		t.Errorf("kill: failover took %v; a dead instance's connections fail at once and are retried", kill.Failover)
@@ -101,7 +115,9 @@ func TestDrill(t *testing.T) {
 	if hang := report.Step("hang"); hang.Failover < staleAfter(200*time.Millisecond)/2 {
 		t.Errorf("hang: failover after %v, before the instance could be stale", hang.Failover)
 	}
-	for _, want := range []string{"join      app1", "stale     app1", "restart   app1", "leave     app3", "Failover drill:"} {
+	for _, want := range []string{"join      app1", "stale     app1", "restart   app1", "leave     app3", "Failover drill:",
+		"version " + StartVersion, "version " + DeployVersion, `version_switch  routing version "` + DeployVersion + `"`,
+		"Clients went from " + StartVersion + " to " + DeployVersion + " once"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q", want)
 		}
@@ -129,7 +145,7 @@ func TestDemoServes(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != 200 || !strings.Contains(string(body), "Served by app1") {
+	if resp.StatusCode != 200 || !strings.Contains(string(body), "Served by app1") || resp.Header.Get("X-Version") != StartVersion {
 		t.Errorf("GET /: %s\n%s", resp.Status, body)
 	}
 
@@ -156,10 +172,63 @@ func TestDemoServes(t *testing.T) {
 		t.Fatal("Run did not return after cancel")
 	}
 	out.await(t, "leave     app3")
-	for _, want := range []string{"metrics         http://127.0.0.1:", "join      app2", "leave     app1"} {
+	for _, want := range []string{"metrics         http://127.0.0.1:", "join      app2", "leave     app1", "version " + StartVersion} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+// TestVersionSwitches: the load counts a switch when a request sent after
+// the served version reached a client gets another version; an answer to
+// a request sent before that is a late pick of the old version, not a
+// switch back.
+func TestVersionSwitches(t *testing.T) {
+	t0 := time.Now()
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	newLoad := func() *load { return &load{cancel: func() {}, client: &http.Client{}} } // no clients: results are fed in
+	l := newLoad()
+	l.begin("baseline", "", "")
+	res := func(start, end int, version string) {
+		l.record(result{start: at(start), end: at(end), instance: "app1", version: version})
+	}
+	res(0, 1, "1")
+	res(1, 2, "1")
+	l.begin("deploy", "", "")
+	res(2, 4, "2") // the switch
+	res(3, 5, "1") // sent before "2" was seen: picked before the switch
+	res(2, 6, "1") // likewise, and slow
+	res(5, 7, "2")
+	res(6, 8, "2")
+	l.begin("after", "", "")
+	res(8, 9, "2")
+	steps := l.stop()
+	for i, want := range []struct {
+		switches int
+		versions []string
+	}{{0, []string{"1"}}, {1, []string{"1", "2"}}, {0, []string{"2"}}} {
+		if s := steps[i]; s.Switches != want.switches || !slices.Equal(s.Versions, want.versions) {
+			t.Errorf("%s: %d switches, versions %v; want %d, %v", s.Name, s.Switches, s.Versions, want.switches, want.versions)
+		}
+	}
+
+	// Alternation is counted in full: each answer comes after the previous
+	// one was seen.
+	l = newLoad()
+	l.begin("deploy", "", "")
+	for i := range 10 {
+		res(2*i, 2*i+1, strconv.Itoa(1+i%2))
+	}
+	// A slow answer counts too if its request was sent after the version
+	// it replaces had been seen ("2", at 19).
+	res(20, 30, "1")
+	s := l.stop()[0]
+	if s.Switches != 10 || len(s.Versions) != maxVersions || s.Versions[maxVersions-1] != "1" {
+		t.Errorf("alternating: %d switches, versions %v; want 10, %d of them ending in 1", s.Switches, s.Versions, maxVersions)
+	}
+	r := Report{Steps: []Step{s}}
+	if err := r.versionsErr(); !errors.Is(err, ErrVersionSwitches) || !strings.Contains(err.Error(), "1 → 2 → … → 1") {
+		t.Errorf("versionsErr: %v", err)
 	}
 }
 

@@ -15,12 +15,17 @@ type drill struct {
 	watch   *watch
 	primary *Instance
 	roll    []*Instance // in rolling order, the primary last
+	// deploy is the order the deploy step replaces the instances in: a
+	// backup, the primary, the other backup. Without `versions
+	// consistent`, the two backups would serve the old and the new version
+	// side by side while the primary is away, and clients would alternate.
+	deploy []*Instance
 }
 
 func (d *drill) run(siteURL string) ([]Step, error) {
 	d.load = startLoad(siteURL, d.o.Clients)
 	err := d.hold(d.o.Duration / 2)
-	for _, step := range []func() error{d.kill, d.hang, d.rolling} {
+	for _, step := range []func() error{d.kill, d.hang, d.rolling, d.deploying} {
 		if err != nil {
 			break
 		}
@@ -70,17 +75,24 @@ func (d *drill) hang() error {
 }
 
 // rolling restarts every instance in turn: leave, a deploy's pause,
-// start, wait until routed.
+// start, wait until routed. The version stays.
 func (d *drill) rolling() error {
-	names := ""
-	for i, in := range d.roll {
-		if i > 0 {
-			names += ", "
-		}
-		names += in.ID
-	}
-	d.step("roll", "roll "+names+": leave, restart, one at a time", d.primary.ID)
-	for _, in := range d.roll {
+	d.step("roll", "roll "+names(d.roll)+": leave, restart, one at a time", d.primary.ID)
+	return d.replace(d.roll, "")
+}
+
+// deploying replaces every instance in turn with one of DeployVersion,
+// as a rolling deploy does: leave, a pause, a new process of the new
+// version. The gateway must switch clients to it once, in one step.
+func (d *drill) deploying() error {
+	d.step("deploy", "deploy "+DeployVersion+" to "+names(d.deploy)+": leave, new version, one at a time", d.primary.ID)
+	return d.replace(d.deploy, DeployVersion)
+}
+
+// replace lets each instance of order leave and starts it again, with
+// version if set, one at a time; the primary's leaving is the fault.
+func (d *drill) replace(order []*Instance, version string) error {
+	for _, in := range order {
 		if in == d.primary {
 			d.load.fault()
 		}
@@ -90,11 +102,25 @@ func (d *drill) rolling() error {
 		if err := d.hold(d.o.Duration / 4); err != nil {
 			return err
 		}
+		if version != "" {
+			in.SetVersion(version)
+		}
 		if err := d.restart(in); err != nil {
 			return err
 		}
 	}
 	return d.hold(d.o.Duration / 2)
+}
+
+func names(ins []*Instance) string {
+	s := ""
+	for i, in := range ins {
+		if i > 0 {
+			s += ", "
+		}
+		s += in.ID
+	}
+	return s
 }
 
 // step starts a step of the report and logs it.

@@ -8,6 +8,13 @@ import (
 	"github.com/caddy-cx/caddy-cx/membership"
 )
 
+// The demo instances run StartVersion; the drill's deploy step replaces
+// them with instances of DeployVersion (newer in natural order: 10 > 9).
+const (
+	StartVersion  = "2026.9"
+	DeployVersion = "2026.10"
+)
+
 // fleet is the three demo instances: app1 the primary, app2 and app3 the
 // backups.
 type fleet struct {
@@ -17,7 +24,7 @@ type fleet struct {
 func newFleet(natsURL string, o *Options) *fleet {
 	f := &fleet{}
 	for i, id := range []string{"app1", "app2", "app3"} {
-		f.instances = append(f.instances, &Instance{ID: id, Priority: min(i, 1),
+		f.instances = append(f.instances, &Instance{ID: id, Priority: min(i, 1), Version: StartVersion,
 			natsURL: natsURL, prefix: o.Prefix, interval: o.Interval})
 	}
 	return f

@@ -16,7 +16,9 @@ type gateway struct {
 }
 
 // caddyfileFor is the demo gateway's configuration: an embedded NATS
-// server, one site with cx_proxy and, when withStatus, cx_status at /ha.
+// server, one site with cx_proxy (routing one version at a time, so that the
+// drill's deploy switches clients once) and, when withStatus, cx_status at
+// /ha.
 func caddyfileFor(o *Options, withStatus bool) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `{
@@ -38,6 +40,7 @@ http://:%d {
 	bind 127.0.0.1
 	cx_proxy {
 		subject_prefix %s
+		versions consistent
 	}
 `, o.AdminPort, o.logLevel(), o.NATSPort, o.Port, o.Prefix)
 	if withStatus {

@@ -44,6 +44,7 @@ type process struct {
 	nc      *nats.Conn
 	pub     *heartbeat.Publisher
 	hung    atomic.Bool
+	serving atomic.Int64  // requests in progress, WebSockets aside
 	release chan struct{} // closed when the process ends; frees hung requests
 	ended   sync.Once
 }
@@ -149,15 +150,35 @@ func (in *Instance) Hang() error {
 	return nil
 }
 
+// leaveGrace is how long a leaving process keeps connections without a
+// request in progress open after announcing it leaves, for requests the
+// gateway sent before it heard.
+const leaveGrace = 100 * time.Millisecond
+
 // Leave ends the process gracefully: it announces leaving, then finishes
-// the requests it has before closing.
+// the requests it has before closing. It does not wait for connections
+// that never carried a request (a client's transport dials spares), which
+// http.Server.Shutdown waits up to 5s for: that would only slow the drill.
 func (in *Instance) Leave(ctx context.Context) error {
 	p, err := in.take()
 	if err != nil {
 		return err
 	}
 	leaveErr := p.pub.Leave()
-	shutErr := p.srv.Shutdown(ctx)
+	announced := time.Now()
+	shut := make(chan error, 1)
+	go func() { shut <- p.srv.Shutdown(ctx) }()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	var shutErr error
+	for done := false; !done; {
+		select {
+		case shutErr = <-shut:
+			done = true
+		case <-tick.C:
+			done = time.Since(announced) >= leaveGrace && p.serving.Load() == 0
+		}
+	}
 	p.end()
 	return errors.Join(leaveErr, shutErr)
 }

@@ -26,6 +26,16 @@ type Step struct {
 	Slowest time.Duration
 	// Samples are the first few errors, for the report.
 	Samples []string
+	// Switches counts how often the version served to clients changed
+	// during the step: a request sent after a response of the version
+	// served so far had been received got another version. A request sent
+	// before that and answered by the older version (its instance was
+	// picked before the gateway switched) is no switch back.
+	Switches int
+	// Versions are the versions served during the step, in order: the one
+	// served when it began and each one switched to; of many, the first
+	// maxVersions-1 and the latest.
+	Versions []string
 
 	fault   time.Time
 	faultID string
@@ -34,6 +44,7 @@ type Step struct {
 type result struct {
 	start, end time.Time
 	instance   string
+	version    string
 	err        error
 }
 
@@ -52,6 +63,11 @@ type load struct {
 	mu      sync.Mutex
 	steps   []*Step
 	waiters []*waiter
+	// served is the version clients are served, set by the first response
+	// (since is zero until then); since is when the response that switched
+	// clients to it ended: the gateway switched before.
+	served string
+	since  time.Time
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -79,33 +95,35 @@ func startLoad(siteURL string, clients int) *load {
 func (l *load) client1(ctx context.Context) {
 	for ctx.Err() == nil {
 		start := time.Now()
-		id, err := l.get(ctx)
+		id, version, err := l.get(ctx)
 		if ctx.Err() != nil {
 			return
 		}
-		l.record(result{start: start, end: time.Now(), instance: id, err: err})
+		l.record(result{start: start, end: time.Now(), instance: id, version: version, err: err})
 	}
 }
 
-func (l *load) get(ctx context.Context) (string, error) {
+// get sends one request and returns the instance and version that
+// answered it.
+func (l *load) get(ctx context.Context) (id, version string, err error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, l.url, nil)
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	resp, err := l.client.Do(req)
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 1024))
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
-	id := resp.Header.Get("X-Instance")
+	id, version = resp.Header.Get("X-Instance"), resp.Header.Get("X-Version")
 	if resp.StatusCode != http.StatusOK || id == "" || string(body) != id {
-		return "", fmt.Errorf("%s: %q", resp.Status, truncate(string(body), 80))
+		return "", "", fmt.Errorf("%s: %q", resp.Status, truncate(string(body), 80))
 	}
-	return id, nil
+	return id, version, nil
 }
 
 func truncate(s string, n int) string {
@@ -120,7 +138,11 @@ func truncate(s string, n int) string {
 func (l *load) begin(name, what, faultID string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.steps = append(l.steps, &Step{Name: name, What: what, Failover: -1, faultID: faultID})
+	s := &Step{Name: name, What: what, Failover: -1, faultID: faultID}
+	if !l.since.IsZero() {
+		s.Versions = []string{l.served}
+	}
+	l.steps = append(l.steps, s)
 }
 
 // fault marks now as the moment the current step's fault happened.
@@ -141,8 +163,11 @@ func (l *load) record(r result) {
 		if len(s.Samples) < 3 {
 			s.Samples = append(s.Samples, r.err.Error())
 		}
-	} else if !s.fault.IsZero() && s.Failover < 0 && r.instance != s.faultID && r.start.After(s.fault) {
-		s.Failover = r.end.Sub(s.fault)
+	} else {
+		l.version(s, r)
+		if !s.fault.IsZero() && s.Failover < 0 && r.instance != s.faultID && r.start.After(s.fault) {
+			s.Failover = r.end.Sub(s.fault)
+		}
 	}
 	kept := l.waiters[:0]
 	for _, w := range l.waiters {
@@ -153,6 +178,32 @@ func (l *load) record(r result) {
 		}
 	}
 	l.waiters = kept
+}
+
+// maxVersions bounds Step.Versions.
+const maxVersions = 8
+
+// version accounts the version of a successful response to s. The lock
+// must be held.
+func (l *load) version(s *Step, r result) {
+	switch {
+	case l.since.IsZero():
+		l.served, l.since = r.version, r.end
+		s.Versions = append(s.Versions, r.version)
+	case r.version == l.served:
+	case r.start.After(l.since):
+		// Sent after the served version had reached a client: whatever
+		// the gateway picked for it, it picked after the last switch.
+		s.Switches++
+		l.served, l.since = r.version, r.end
+		if len(s.Versions) < maxVersions {
+			s.Versions = append(s.Versions, r.version)
+		} else {
+			s.Versions[maxVersions-1] = r.version
+		}
+	}
+	// Otherwise it was sent before the last switch could be seen: an
+	// answer of an older pick, not a switch back.
 }
 
 // servedBy returns a channel closed once a request that started after

@@ -19,6 +19,10 @@ func (p *process) routes() http.Handler {
 		_, _ = io.Copy(ws, ws)
 	}))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/ws" { // Leave does not wait for WebSockets
+			p.serving.Add(1)
+			defer p.serving.Add(-1)
+		}
 		if p.hung.Load() {
 			// Neither an answer nor an error: the request waits until
 			// the gateway cancels it or the process ends.

@@ -12,7 +12,8 @@ import (
 )
 
 // watch follows membership as the gateway does (its own registry fed by
-// the same heartbeats) and prints one line per change.
+// the same heartbeats, choosing the routed version as the gateway's
+// `versions consistent` does) and prints one line per change.
 type watch struct {
 	reg     *membership.Registry
 	watcher *membership.Watcher
@@ -24,7 +25,7 @@ type watch struct {
 
 func startWatch(natsURL, prefix string, out io.Writer) (*watch, error) {
 	w := &watch{out: out}
-	reg, err := membership.New(membership.Config{Prefix: prefix, OnEvent: w.print})
+	reg, err := membership.New(membership.Config{Prefix: prefix, ConsistentVersions: true, OnEvent: w.print})
 	if err != nil {
 		return nil, err
 	}
@@ -42,13 +43,32 @@ func startWatch(natsURL, prefix string, out io.Writer) (*watch, error) {
 }
 
 func (w *watch) print(ev membership.Event) {
-	line := fmt.Sprintf("%s  %-9s %-5s %s", time.Now().Format("15:04:05.000"), ev.Kind, ev.ID, ev.URL)
-	if ev.Kind == membership.EventRejected {
+	now := time.Now().Format("15:04:05.000")
+	line := fmt.Sprintf("%s  %-9s %-5s %s", now, ev.Kind, ev.ID, ev.URL)
+	switch ev.Kind {
+	case membership.EventRejected:
 		line += "  " + ev.Reason + ": " + ev.Detail
+	case membership.EventVersionSwitch:
+		line = fmt.Sprintf("%s  %s  %s", now, ev.Kind, ev.Detail)
+	default:
+		if v := w.version(ev); v != "" {
+			line += "  version " + v
+		}
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	fmt.Fprintln(w.out, line)
+}
+
+// version is the version of the instance an event is about, if known.
+// Events are reported outside the registry's lock: asking it is safe.
+func (w *watch) version(ev membership.Event) string {
+	for _, m := range w.reg.Members() {
+		if m.ID == ev.ID && m.URL == ev.URL {
+			return m.Version
+		}
+	}
+	return ""
 }
 
 // printf writes one line to the log, between membership lines.
