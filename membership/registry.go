@@ -48,6 +48,7 @@ type entry struct {
 	rate bucket
 	damping
 	confirmation
+	lastPayload
 }
 
 // New returns an empty registry.
@@ -68,6 +69,10 @@ func (r *Registry) Snapshot() *Snapshot { return r.snapshot.Load() }
 
 // Observe decodes a message received on subject and applies it.
 func (r *Registry) Observe(subject string, data []byte, now time.Time) error {
+	if m := r.recognise(subject, data); m != nil {
+		r.Apply(m, now)
+		return nil
+	}
 	m, err := heartbeat.Decode(r.cfg.Prefix, subject, data)
 	if err != nil {
 		reason := "invalid"
@@ -79,6 +84,7 @@ func (r *Registry) Observe(subject string, data []byte, now time.Time) error {
 		return err
 	}
 	r.Apply(m, now)
+	r.remember(m, data)
 	return nil
 }
 
