@@ -33,6 +33,7 @@ func (r *Registry) probe(id string, startedAt time.Time, url string) {
 		return
 	}
 	e.probing = false
+	r.nextDue = time.Time{}
 	changed := false
 	switch {
 	case e.State != StateActive && e.State != StateDraining:

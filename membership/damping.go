@@ -50,15 +50,3 @@ func (r *Registry) noteExit(e *entry, now time.Time) {
 	r.queue(Event{Kind: EventFlapping, ID: e.ID, URL: e.URL,
 		Detail: "left active more than flap_limit times within flap_window; held out for " + hold.String()})
 }
-
-// releaseHolds routes again the members whose flap hold ended.
-func (r *Registry) releaseHolds(now time.Time) (changed bool) {
-	for _, e := range r.members {
-		if !e.Held || now.Before(e.HeldUntil) {
-			continue
-		}
-		r.settle(e, now)
-		changed = changed || e.routable()
-	}
-	return changed
-}

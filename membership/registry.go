@@ -27,6 +27,9 @@ type Registry struct {
 	roles  map[string]*RoleConflict
 	// rolesDirty: the message being applied changed someone's roles.
 	rolesDirty bool
+	// nextDue is the earliest deadline of any member: Sweep scans only
+	// from then on.
+	nextDue time.Time
 	// coalesced rebuilds (Config.RebuildEvery)
 	lastRebuild     time.Time
 	lastRebuildCost time.Duration
@@ -92,7 +95,11 @@ func (r *Registry) Observe(subject string, data []byte, now time.Time) error {
 func (r *Registry) Apply(m *heartbeat.Message, now time.Time) {
 	r.mu.Lock()
 	r.rolesDirty = false
-	switch changed := r.apply(m, now); {
+	changed := r.apply(m, now)
+	if e := r.members[m.ID]; e != nil {
+		r.pullDue(e)
+	}
+	switch {
 	case changed:
 		r.rebuild()
 	case r.rolesDirty:

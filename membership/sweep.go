@@ -2,15 +2,30 @@ package membership
 
 import "time"
 
-// Sweep turns silent members stale and forgets old stale and left ones.
-// While frozen, nobody turns stale: silence then proves nothing.
+// Sweep turns silent members stale, forgets old stale and left ones and
+// ends flap holds. While frozen, nobody turns stale: silence then proves
+// nothing. It scans the members only when the earliest of their deadlines
+// has come, so a large fleet costs a scan every second or so, not one per
+// call.
 func (r *Registry) Sweep(now time.Time) {
 	r.mu.Lock()
+	if now.Before(r.nextDue) {
+		r.mu.Unlock()
+		return
+	}
 	changed := false
+	next := now.Add(time.Hour)
 	for id, e := range r.members {
 		switch e.State {
 		case StateActive, StateDraining:
-			if r.frozen || now.Sub(e.judgedFrom()) < e.StaleAfter || r.confirming(e, now) {
+			if r.frozen {
+				continue
+			}
+			if now.Sub(e.judgedFrom()) < e.StaleAfter {
+				break
+			}
+			if r.confirming(e, now) {
+				next = now // look again while the probe runs
 				continue
 			}
 			changed = changed || e.routable()
@@ -19,15 +34,47 @@ func (r *Registry) Sweep(now time.Time) {
 			if now.Sub(e.Since) > r.cfg.ForgetAfter {
 				delete(r.members, id)
 				r.queue(Event{Kind: EventForget, ID: id, URL: e.URL})
+				continue
 			}
 		}
+		if e.Held && !now.Before(e.HeldUntil) {
+			r.settle(e, now)
+			changed = changed || e.routable()
+		}
+		if d := r.due(e); d.Before(next) {
+			next = d
+		}
 	}
-	if r.releaseHolds(now) || changed {
+	r.nextDue = next
+	if changed {
 		r.rebuild()
 	}
 	events := r.takeEvents()
 	r.mu.Unlock()
 	r.report(events)
+}
+
+// due is when e next needs the sweeper: to turn stale, to be forgotten,
+// or to end its flap hold.
+func (r *Registry) due(e *entry) time.Time {
+	var d time.Time
+	switch e.State {
+	case StateActive, StateDraining:
+		d = e.judgedFrom().Add(e.StaleAfter)
+	default:
+		d = e.Since.Add(r.cfg.ForgetAfter)
+	}
+	if e.Held && !e.HeldUntil.IsZero() && e.HeldUntil.Before(d) {
+		d = e.HeldUntil
+	}
+	return d
+}
+
+// pullDue makes the next sweep come no later than e's deadline.
+func (r *Registry) pullDue(e *entry) {
+	if d := r.due(e); d.Before(r.nextDue) {
+		r.nextDue = d
+	}
 }
 
 func (r *Registry) markStale(e *entry, now time.Time) {
@@ -55,6 +102,7 @@ func (r *Registry) Thaw(now time.Time) {
 		return
 	}
 	r.frozen = false
+	r.nextDue = time.Time{}
 	for _, e := range r.members {
 		if e.State == StateActive || e.State == StateDraining {
 			e.thawedAt = now
