@@ -6,34 +6,28 @@ import "bytes"
 var wireFields = []string{"proto", "id", "url", "state", "started_at", "seq", "interval_ms", "version",
 	"priority", "leader_roles", "meta"}
 
-// exactKeys reports whether data is an object whose top-level keys can be
-// decoded into wire without encoding/json's case-insensitive matching
-// changing the result: no key differs from a protocol key only by case,
-// and no key is escaped or non-ASCII (where folding rules are subtle).
-// When unsure it says false; the exact (slower) decoder then decides.
-func exactKeys(data []byte) bool {
-	if trimmed := bytes.TrimLeft(data, " \t\r\n"); len(trimmed) == 0 || trimmed[0] != '{' {
-		return false
-	}
-	depth, inString, escaped, keyStart, expectKey := 0, false, false, -1, false
+// forEachTopKey calls fn for every key of the top-level object in data,
+// with whether it is plain (ASCII, no escapes: its bytes are its value)
+// and the index just after its colon. It stops, returning false, when fn
+// does; it does not validate the JSON (the decoder does).
+func forEachTopKey(data []byte, fn func(key []byte, plain bool, valueAt int) bool) bool {
+	depth, inString, escaped := 0, false, false
+	keyStart, expectKey, plain := -1, false, true
+	var key []byte
 	for i, c := range data {
 		if inString {
 			switch {
 			case escaped:
 				escaped = false
 			case c == '\\':
-				if keyStart >= 0 {
-					return false
-				}
-				escaped = true
+				escaped, plain = true, plain && keyStart < 0
 			case c == '"':
 				inString = false
-				if keyStart >= 0 && !keyIsExact(data[keyStart:i]) {
-					return false
+				if keyStart >= 0 {
+					key, keyStart = data[keyStart:i], -1
 				}
-				keyStart = -1
 			case c >= 0x80 && keyStart >= 0:
-				return false
+				plain = false
 			}
 			continue
 		}
@@ -41,7 +35,14 @@ func exactKeys(data []byte) bool {
 		case '"':
 			inString = true
 			if depth == 1 && expectKey {
-				keyStart, expectKey = i+1, false
+				keyStart, expectKey, plain = i+1, false, true
+			}
+		case ':':
+			if depth == 1 && key != nil {
+				if !fn(key, plain, i+1) {
+					return false
+				}
+				key = nil
 			}
 		case '{':
 			depth++
@@ -55,6 +56,20 @@ func exactKeys(data []byte) bool {
 		}
 	}
 	return true
+}
+
+// exactKeys reports whether data is an object whose top-level keys can be
+// decoded into wire without encoding/json's case-insensitive matching
+// changing the result: no key differs from a protocol key only by case,
+// and no key is escaped or non-ASCII (where folding rules are subtle).
+// When unsure it says false; the exact (slower) decoder then decides.
+func exactKeys(data []byte) bool {
+	if trimmed := bytes.TrimLeft(data, " \t\r\n"); len(trimmed) == 0 || trimmed[0] != '{' {
+		return false
+	}
+	return forEachTopKey(data, func(key []byte, plain bool, _ int) bool {
+		return plain && keyIsExact(key)
+	})
 }
 
 // keyIsExact reports whether key (ASCII) is not a protocol key spelt with

@@ -7,57 +7,20 @@ import "bytes"
 // be recognised without decoding it (see NextSeq). It says false when it
 // cannot be sure which "seq" the decoder took: a repeated or escaped key.
 func SeqSpan(data []byte) (start, end int, ok bool) {
-	depth, inString, escaped, keyStart, expectKey := 0, false, false, -1, false
-	seqNext, found := false, false
-	for i := 0; i < len(data); i++ {
-		c := data[i]
-		if inString {
-			switch {
-			case escaped:
-				escaped = false
-			case c == '\\':
-				if keyStart >= 0 {
-					return 0, 0, false
-				}
-				escaped = true
-			case c == '"':
-				inString = false
-				if keyStart >= 0 {
-					seqNext = string(data[keyStart:i]) == "seq"
-					keyStart = -1
-				}
-			}
-			continue
+	found := false
+	complete := forEachTopKey(data, func(key []byte, plain bool, valueAt int) bool {
+		switch {
+		case !plain:
+			return false
+		case string(key) != "seq":
+			return true
+		case found:
+			return false
 		}
-		switch c {
-		case '"':
-			inString = true
-			if depth == 1 && expectKey {
-				keyStart, expectKey = i+1, false
-			}
-		case ':':
-			if depth == 1 && seqNext {
-				if found {
-					return 0, 0, false
-				}
-				if start, end, ok = digitsAfter(data, i+1); !ok {
-					return 0, 0, false
-				}
-				found = true
-			}
-		case '{':
-			depth++
-			expectKey = depth == 1
-		case '[':
-			depth++
-		case '}', ']':
-			depth--
-		case ',':
-			expectKey = depth == 1
-			seqNext = false
-		}
-	}
-	return start, end, found
+		start, end, found = digitsAfter(data, valueAt)
+		return found
+	})
+	return start, end, complete && found
 }
 
 func digitsAfter(data []byte, i int) (start, end int, ok bool) {
