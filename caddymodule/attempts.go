@@ -4,7 +4,6 @@ import (
 	"errors"
 	"net/http"
 
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 )
 
@@ -17,12 +16,12 @@ const (
 	outcomeStatus5x = "status_5xx"
 )
 
-// recordAttempt notes how one try of req at dial ended, so that a retry
-// that follows can say why, and counts it for the instance's metrics.
-func (s *Service) recordAttempt(req *http.Request, dial string, resp *http.Response, err error) {
+// recordAttempt notes how one try of req at instance id ended, so that a
+// retry that follows can say why, and counts it for the instance's metrics.
+func (s *Service) recordAttempt(req *http.Request, id string, resp *http.Response, err error) {
 	triedOf(req).lastOutcome = outcomeOf(resp, err)
-	if info, ok := caddyhttp.GetVar(req.Context(), varCandidates).(*candidateInfo); ok {
-		s.countTry(info.instanceOf(dial), resp, err)
+	if id != "" {
+		s.countTry(id, resp, err)
 	}
 }
 

@@ -72,3 +72,36 @@ func TestRequestsWaitingOnHungInstanceAreRetriedWhenItTurnsStale(t *testing.T) {
 		}
 	}
 }
+
+// TestHungInstanceOnPort80IsDetected: an instance on a default port (Caddy
+// may drop it from the request URL) is still recognised by the transport,
+// which names the instance from the upstream Caddy chose.
+func TestHungInstanceOnPort80IsDetected(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.3:80")
+	if err != nil {
+		t.Skipf("cannot listen on 127.0.0.3:80 here: %v", err)
+	}
+	release := make(chan struct{})
+	srv := &http.Server{Handler: http.HandlerFunc(func(http.ResponseWriter, *http.Request) { <-release })}
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(func() { close(release); _ = srv.Close() })
+
+	natsURL := startNATS(t)
+	base := gateway(t, natsURL, basicSite) // stale_after 600ms
+	nc := connect(t, natsURL)
+	app2 := startBackend(t, "app2")
+	backup := newInstance(t, nc, "app2", app2.url, 1)
+	backup.beat(heartbeat.StateReady)
+	t.Cleanup(backup.keepBeating())
+	newInstance(t, nc, "app1", "http://127.0.0.3:80", 0).beat(heartbeat.StateReady)
+	eventually(t, time.Second, func() bool { return len(serviceOf(t, heartbeat.DefaultPrefix).reg.Snapshot().Routes) == 2 }, "2 routes")
+
+	start := time.Now()
+	id, code := get(t, "GET", base)
+	if code != http.StatusOK || id != "app2" {
+		t.Fatalf("status %d from %q after %v, want 200 from app2 once app1 turned stale", code, id, time.Since(start))
+	}
+	if took := time.Since(start); took > 600*time.Millisecond+time.Second {
+		t.Fatalf("the GET waited %v on the hung instance", took)
+	}
+}

@@ -28,11 +28,31 @@ type candidateInfo struct {
 	// routes are the instances of the pool, in pool order (for naming the
 	// instance a dial address belongs to).
 	routes []membership.Route
+	// pool is what the source handed to Caddy, routes[i] behind pool[i].
+	pool []*reverseproxy.Upstream
 	// header, if set, is the response header the cx transport names the
 	// serving instance in.
 	header string
 	// slowStart, if set, ramps the share of newly routed instances.
 	slowStart time.Duration
+}
+
+// instanceFor returns the id and dial address of the instance a try of
+// this request goes to: the upstream Caddy chose (its DialInfo), matched
+// by identity in the pool, since several ids may share an address and the
+// request URL's host may lose a default port or carry PROXY protocol
+// information.
+func (c *candidateInfo) instanceFor(req *http.Request) (id, dial string) {
+	di, ok := reverseproxy.GetDialInfo(req.Context())
+	if !ok {
+		return c.instanceOf(req.URL.Host), req.URL.Host
+	}
+	for i, u := range c.pool {
+		if u == di.Upstream && i < len(c.routes) {
+			return c.routes[i].ID, c.routes[i].Dial
+		}
+	}
+	return c.instanceOf(di.Address), di.Address
 }
 
 // instanceOf returns the id of the instance at dial among the pool.

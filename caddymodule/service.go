@@ -183,6 +183,10 @@ func (s *Service) Destruct() error {
 	if w != nil {
 		w.Stop()
 	}
+	// Late events of the abandoned registry (a pending rebuild, a probe,
+	// a heartbeat still being handled) must not reach the metrics of the
+	// service that replaced it.
+	s.reg.Close()
 	s.releaseStats()
 	return nil
 }

@@ -40,8 +40,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if info == nil || info.svc == nil {
 		return t.HTTPTransport.RoundTrip(req)
 	}
-	dial := req.URL.Host
-	id := info.instanceOf(dial)
+	id, dial := info.instanceFor(req)
 	ctx, cancel := context.WithCancelCause(req.Context())
 	w := info.svc.inflight.add(id, cancel)
 	resp, err := t.HTTPTransport.RoundTrip(req.WithContext(ctx))
@@ -49,7 +48,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil && context.Cause(ctx) == errInstanceStale {
 		err = fmt.Errorf("%s at %s: %w", id, dial, errInstanceStale)
 	}
-	info.svc.recordAttempt(req, dial, resp, err)
+	info.svc.recordAttempt(req, id, resp, err)
 	if info.header != "" && resp != nil && id != "" {
 		resp.Header.Set(info.header, id)
 	}

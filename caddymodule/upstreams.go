@@ -191,7 +191,7 @@ func (u *Upstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, err
 	for i := range routes {
 		ups[i] = &reverseproxy.Upstream{Dial: routes[i].Dial}
 	}
-	caddyhttp.SetVar(r.Context(), varCandidates, &candidateInfo{tiers: tiers, svc: u.service, routes: routes, header: u.HeaderInstance,
+	caddyhttp.SetVar(r.Context(), varCandidates, &candidateInfo{tiers: tiers, svc: u.service, routes: routes, pool: ups, header: u.HeaderInstance,
 		slowStart: time.Duration(u.SlowStart)})
 	return ups, nil
 }

@@ -19,13 +19,16 @@ func (r *Registry) confirming(e *entry, now time.Time) bool {
 		return true
 	}
 	e.probing = true
-	go r.probe(e.ID, e.StartedAt, e.URL)
+	go r.probe(e.ID, e.StartedAt, e.URL, now)
 	return true
 }
 
-func (r *Registry) probe(id string, startedAt time.Time, url string) {
+// probe asks Confirm about url; asked is the registry's clock when the
+// sweep asked, which the answer's time is reckoned from.
+func (r *Registry) probe(id string, startedAt time.Time, url string, asked time.Time) {
+	began := time.Now()
 	alive := r.cfg.Confirm(url)
-	now := time.Now()
+	now := asked.Add(time.Since(began))
 	r.mu.Lock()
 	e, ok := r.members[id]
 	if !ok || !e.StartedAt.Equal(startedAt) || !e.probing {
@@ -37,6 +40,8 @@ func (r *Registry) probe(id string, startedAt time.Time, url string) {
 	changed := false
 	switch {
 	case e.State != StateActive && e.State != StateDraining:
+	case r.frozen || now.Sub(e.judgedFrom()) < e.StaleAfter:
+		// heard from again, or NATS lost meanwhile: nothing to judge now
 	case alive:
 		e.confirmedAt = now
 		r.queue(Event{Kind: EventAliveUnheard, ID: id, URL: url,

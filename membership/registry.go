@@ -34,6 +34,9 @@ type Registry struct {
 	lastRebuild     time.Time
 	lastRebuildCost time.Duration
 	rebuildPending  bool
+	pendingTimer    *time.Timer
+	// closed: the registry was abandoned (Close); it reports nothing more.
+	closed atomic.Bool
 }
 
 // entry is a member plus what the registry needs to judge later messages.
@@ -97,7 +100,7 @@ func (r *Registry) Apply(m *heartbeat.Message, now time.Time) {
 	r.rolesDirty = false
 	changed := r.apply(m, now)
 	if e := r.members[m.ID]; e != nil {
-		r.pullDue(e)
+		r.pullDue(e, now)
 	}
 	switch {
 	case changed:
@@ -205,17 +208,22 @@ func (r *Registry) fromOlderProcess(e *entry, m *heartbeat.Message) {
 }
 
 func (r *Registry) restart(e *entry, m *heartbeat.Message, now time.Time) bool {
-	if m.State == heartbeat.StateLeaving {
-		return false
-	}
 	e.prevStartedAt, e.prevSeq = e.StartedAt, e.Seq
 	before := e.route()
 	if e.State == StateActive {
 		r.noteExit(e, now) // the previous process ended without leaving
 	}
-	e.streak = 0
+	// A new process is cold, whatever the previous one was: slow start and
+	// failback_delay apply to it afresh.
+	e.streak, e.wasRouted = 0, false
 	r.fill(e, m, now)
-	r.queue(Event{Kind: EventRestart, ID: m.ID, URL: m.URL})
+	if m.State == heartbeat.StateLeaving {
+		// A newer process that already leaves (its ready messages were
+		// missed) proves the known one gone as well.
+		r.queue(Event{Kind: EventLeave, ID: m.ID, URL: m.URL})
+	} else {
+		r.queue(Event{Kind: EventRestart, ID: m.ID, URL: m.URL})
+	}
 	return e.route() != before
 }
 
@@ -307,7 +315,7 @@ func (r *Registry) rebuild() {
 		return
 	}
 	r.rebuildPending = true
-	time.AfterFunc(wait, r.pendingRebuild)
+	r.pendingTimer = time.AfterFunc(wait, r.pendingRebuild)
 }
 
 func (r *Registry) pendingRebuild() {
@@ -364,6 +372,18 @@ func (r *Registry) Members() []Member {
 	return out
 }
 
+// Close abandons the registry: a pending rebuild is stopped, and no event
+// is reported any more (a heartbeat or probe still under way finishes
+// silently). Snapshot keeps answering.
+func (r *Registry) Close() {
+	r.closed.Store(true)
+	r.mu.Lock()
+	if r.pendingTimer != nil {
+		r.pendingTimer.Stop()
+	}
+	r.mu.Unlock()
+}
+
 // Frozen reports whether staleness is suspended (NATS is disconnected).
 func (r *Registry) Frozen() bool {
 	r.mu.Lock()
@@ -386,7 +406,7 @@ func (r *Registry) report(events []Event) {
 }
 
 func (r *Registry) emit(ev Event) {
-	if r.cfg.OnEvent != nil {
+	if r.cfg.OnEvent != nil && !r.closed.Load() {
 		r.cfg.OnEvent(ev)
 	}
 }

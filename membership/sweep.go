@@ -18,10 +18,7 @@ func (r *Registry) Sweep(now time.Time) {
 	for id, e := range r.members {
 		switch e.State {
 		case StateActive, StateDraining:
-			if r.frozen {
-				continue
-			}
-			if now.Sub(e.judgedFrom()) < e.StaleAfter {
+			if r.frozen || now.Sub(e.judgedFrom()) < e.StaleAfter {
 				break
 			}
 			if r.confirming(e, now) {
@@ -41,7 +38,7 @@ func (r *Registry) Sweep(now time.Time) {
 			r.settle(e, now)
 			changed = changed || e.routable()
 		}
-		if d := r.due(e); d.Before(next) {
+		if d := r.due(e, now); d.Before(next) && !(r.frozen && (e.State == StateActive || e.State == StateDraining) && !e.Held) {
 			next = d
 		}
 	}
@@ -55,8 +52,8 @@ func (r *Registry) Sweep(now time.Time) {
 }
 
 // due is when e next needs the sweeper: to turn stale, to be forgotten,
-// or to end its flap hold.
-func (r *Registry) due(e *entry) time.Time {
+// or to end its flap hold (one still ahead of now).
+func (r *Registry) due(e *entry, now time.Time) time.Time {
 	var d time.Time
 	switch e.State {
 	case StateActive, StateDraining:
@@ -64,15 +61,15 @@ func (r *Registry) due(e *entry) time.Time {
 	default:
 		d = e.Since.Add(r.cfg.ForgetAfter)
 	}
-	if e.Held && !e.HeldUntil.IsZero() && e.HeldUntil.Before(d) {
+	if e.Held && e.HeldUntil.After(now) && e.HeldUntil.Before(d) {
 		d = e.HeldUntil
 	}
 	return d
 }
 
 // pullDue makes the next sweep come no later than e's deadline.
-func (r *Registry) pullDue(e *entry) {
-	if d := r.due(e); d.Before(r.nextDue) {
+func (r *Registry) pullDue(e *entry, now time.Time) {
+	if d := r.due(e, now); d.Before(r.nextDue) {
 		r.nextDue = d
 	}
 }
