@@ -71,7 +71,8 @@ func (e *ConfigError) Error() string {
 // Publisher publishes the heartbeats of one instance process on
 // PREFIX.hb.ID and answers discovers on PREFIX.discover. Its methods are
 // safe for concurrent use. It never replays: a heartbeat due while the
-// connection is down is skipped, and a fresh one goes out on reconnect.
+// connection is down is skipped, and a fresh one goes out on reconnect;
+// likewise nothing published while paused (see Pause) is sent later.
 type Publisher struct {
 	nc       *nats.Conn
 	log      *slog.Logger
@@ -81,6 +82,7 @@ type Publisher struct {
 	base     Message // the fields fixed for the life of the process
 
 	discoverCh chan struct{}
+	resumed    chan struct{} // tells run to restart the periodic timer
 	done       chan struct{}
 	wg         sync.WaitGroup
 
@@ -91,6 +93,7 @@ type Publisher struct {
 	seq     int64
 	started bool
 	stopped bool
+	paused  bool
 	sub     *nats.Subscription
 	status  chan nats.Status
 }
@@ -128,6 +131,7 @@ func NewPublisher(nc *nats.Conn, cfg Config) (*Publisher, error) {
 			Priority:   cfg.Priority,
 		},
 		discoverCh: make(chan struct{}, 1),
+		resumed:    make(chan struct{}, 1),
 		done:       make(chan struct{}),
 		state:      StateReady,
 		roles:      cloneRoles(cfg.LeaderRoles),
@@ -239,7 +243,8 @@ func (p *Publisher) check(roles []string, meta map[string]string) error {
 // Start subscribes to discovers, publishes the first heartbeat at once and
 // then one every Interval. Call it once the instance accepts connections at
 // its URL. If NATS is not connected yet, the first heartbeat goes out when
-// it connects.
+// it connects. A Publisher paused before Start publishes nothing until
+// Resume.
 func (p *Publisher) Start() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -282,6 +287,10 @@ func (p *Publisher) run(status <-chan nats.Status) {
 			return
 		case <-ticker.C:
 			p.publish("interval")
+		case <-p.resumed:
+			// Resume has just published: the next periodic heartbeat
+			// is due one interval from now.
+			ticker.Reset(p.interval)
 		case s, ok := <-status:
 			if !ok {
 				status = nil
@@ -307,10 +316,17 @@ func (p *Publisher) publish(reason string) {
 	}
 }
 
-// publishLocked publishes the current heartbeat unless NATS is
-// disconnected; seq counts only what was handed to the connection. p.mu
-// must be held.
+// errPaused is why a heartbeat was suppressed: the Publisher is paused.
+var errPaused = errors.New("heartbeat: publisher paused")
+
+// publishLocked publishes the current heartbeat unless the Publisher is
+// paused or NATS is disconnected; seq counts only what was handed to the
+// connection. p.mu must be held.
 func (p *Publisher) publishLocked(reason string) error {
+	if p.paused {
+		p.log.Debug("heartbeat suppressed: paused", "reason", reason)
+		return errPaused
+	}
 	if !p.nc.IsConnected() {
 		p.log.Debug("heartbeat skipped: not connected to NATS", "reason", reason)
 		return errNotConnected
@@ -330,7 +346,8 @@ func (p *Publisher) publishLocked(reason string) error {
 }
 
 // SetState sets the state to StateReady or StateDraining and, when it
-// changes on a started Publisher, publishes at once. Use Leave to leave.
+// changes on a started Publisher, publishes at once (while paused, the
+// new state goes out with the heartbeat of Resume). Use Leave to leave.
 func (p *Publisher) SetState(s State) error {
 	if s != StateReady && s != StateDraining {
 		return fmt.Errorf("heartbeat: SetState(%q): only %q or %q (use Leave to leave)", s, StateReady, StateDraining)
@@ -350,6 +367,61 @@ func (p *Publisher) SetState(s State) error {
 	return nil
 }
 
+// Pause stops publishing without leaving: periodic heartbeats, state and
+// leader role changes, reconnects and discover answers publish nothing,
+// and seq does not advance, until Resume. It is meant for an instance
+// that is alive but unhealthy (e.g. its health check fails): silent, it
+// turns stale at the gateway after stale_after and is taken out of
+// routing, yet when it recovers, Resume brings it back as the same
+// process (same started_at, next seq), which the gateway sees as a stale
+// instance becoming ready again, not as a restart (which Stop followed by
+// a new Publisher would be: a new started_at, seq from 1).
+//
+// Pause is idempotent and does nothing after Leave or Stop. Leave while
+// paused still publishes leaving, since the process is going away.
+func (p *Publisher) Pause() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stopped || p.paused {
+		return
+	}
+	p.paused = true
+	p.log.Debug("heartbeats paused", "seq", p.seq)
+}
+
+// Resume ends a Pause: on a started Publisher it publishes a heartbeat at
+// once, carrying the current state, roles and metadata with the same
+// started_at and the next seq, and the periodic heartbeats resume one
+// Interval after it. The gateway thus routes the instance again as soon
+// as it hears that heartbeat, as the same process it knew. If NATS is
+// disconnected, the heartbeat goes out on reconnect, as usual.
+//
+// Resume is idempotent (it publishes nothing when not paused) and does
+// nothing after Leave or Stop.
+func (p *Publisher) Resume() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stopped || !p.paused {
+		return
+	}
+	p.paused = false
+	if !p.started {
+		return // Start publishes the first heartbeat
+	}
+	_ = p.publishLocked("resume")
+	select {
+	case p.resumed <- struct{}{}:
+	default: // a reset of the timer is already pending
+	}
+}
+
+// Paused reports whether the Publisher is paused (see Pause).
+func (p *Publisher) Paused() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.paused
+}
+
 // State returns the current state: StateLeaving after Leave.
 func (p *Publisher) State() State {
 	p.mu.Lock()
@@ -358,8 +430,9 @@ func (p *Publisher) State() State {
 }
 
 // SetLeaderRoles sets the roles this instance holds now and, when they
-// change on a started Publisher, publishes at once. Roles beyond the
-// protocol's limits are refused: logged, the previous roles kept.
+// change on a started Publisher, publishes at once (while paused, with the
+// heartbeat of Resume). Roles beyond the protocol's limits are refused:
+// logged, the previous roles kept.
 func (p *Publisher) SetLeaderRoles(roles []string) {
 	roles = cloneRoles(roles)
 	p.mu.Lock()
@@ -409,7 +482,9 @@ func (p *Publisher) StartedAt() time.Time {
 // Leave publishes state leaving, the last message of this Publisher, waits
 // up to a second for the server to confirm it, and stops. It returns an
 // error if leaving could not be announced (the gateway then notices the
-// silence after its stale_after). A Publisher never started publishes
+// silence after its stale_after). A paused Publisher publishes leaving
+// too: the process is going away, and the gateway should know at once
+// rather than after stale_after. A Publisher never started publishes
 // nothing. Leave is idempotent; after Leave or Stop it does nothing.
 func (p *Publisher) Leave() error {
 	return p.shutdown(true)
@@ -431,6 +506,7 @@ func (p *Publisher) shutdown(leave bool) error {
 	var err error
 	if leave {
 		p.state = StateLeaving
+		p.paused = false // leaving is published even while paused
 		if p.started {
 			err = p.publishLocked("leave")
 		}

@@ -1,7 +1,10 @@
 package heartbeat
 
 import (
+	"context"
 	"errors"
+	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -276,6 +279,11 @@ func TestPublisherConcurrent(t *testing.T) {
 		wg.Go(func() {
 			for j := range 50 {
 				_ = p.SetState([]State{StateReady, StateDraining}[(i+j)%2])
+				if (i+j)%3 == 0 {
+					p.Pause()
+				} else {
+					p.Resume()
+				}
 				p.SetLeaderRoles(roles(j%3, 4))
 				p.SetMeta(map[string]string{"j": strings.Repeat("x", j)})
 				_ = p.State()
@@ -369,5 +377,191 @@ func TestConnectDefaults(t *testing.T) {
 	nc2 := connect(t, s, nats.Name("mine"), nats.MaxReconnects(3))
 	if nc2.Opts.Name != "mine" || nc2.Opts.MaxReconnect != 3 || nc2.Opts.ReconnectBufSize != -1 {
 		t.Errorf("overrides not applied: %+v", nc2.Opts)
+	}
+}
+
+// suppressed records the reasons of the heartbeats a paused Publisher
+// suppressed, from its debug log: proof that a heartbeat was due and not
+// published, with no need to wait and see.
+type suppressed chan string
+
+func (suppressed) Enabled(context.Context, slog.Level) bool { return true }
+func (h suppressed) WithAttrs([]slog.Attr) slog.Handler     { return h }
+func (h suppressed) WithGroup(string) slog.Handler          { return h }
+
+func (h suppressed) Handle(_ context.Context, r slog.Record) error {
+	if r.Message != "heartbeat suppressed: paused" {
+		return nil
+	}
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == "reason" {
+			select {
+			case h <- a.Value.String():
+			default: // the test has seen enough
+			}
+			return false
+		}
+		return true
+	})
+	return nil
+}
+
+// await returns once a heartbeat was suppressed for each of reasons.
+func (h suppressed) await(t *testing.T, reasons ...string) {
+	t.Helper()
+	deadline := time.After(wait)
+	for len(reasons) > 0 {
+		select {
+		case r := <-h:
+			if i := slices.Index(reasons, r); i >= 0 {
+				reasons = slices.Delete(reasons, i, i+1)
+			}
+		case <-deadline:
+			t.Fatalf("no heartbeat suppressed for %q", reasons)
+		}
+	}
+}
+
+// TestPublisherPause: while paused, periodic heartbeats, discover answers
+// and changes of state or roles publish nothing and seq stays; Resume
+// publishes the current state at once and the periodic timer runs again.
+func TestPublisherPause(t *testing.T) {
+	s := startServer(t, -1)
+	h := make(suppressed, 1024)
+	cfg := testConfig(100 * time.Millisecond)
+	cfg.Logger = slog.New(h)
+	p, l := newStarted(t, s, cfg)
+	l.next(wait)
+	l.next(wait) // a periodic one: the ticker runs
+
+	p.Pause()
+	p.Pause()
+	if !p.Paused() {
+		t.Fatal("not paused after Pause")
+	}
+	seq := p.Seq()
+	if err := l.nc.Publish(DiscoverSubject(DefaultPrefix), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.SetState(StateDraining); err != nil {
+		t.Fatal(err)
+	}
+	p.SetLeaderRoles([]string{"reporting"})
+	h.await(t, "interval", "interval", "discover", "state", "leader roles")
+	if got := p.Seq(); got != seq {
+		t.Errorf("seq %d while paused, want %d", got, seq)
+	}
+	if err := p.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range l.rest() {
+		if m.Seq > seq {
+			t.Fatalf("published while paused: %+v", m)
+		}
+	}
+
+	p.Resume()
+	if p.Paused() || p.Seq() != seq+1 {
+		t.Errorf("after Resume: paused %v, seq %d, want %d", p.Paused(), p.Seq(), seq+1)
+	}
+	m := l.next(wait)
+	if m.Seq != seq+1 || !m.StartedAt.Equal(p.StartedAt()) || m.State != StateDraining ||
+		!slices.Equal(m.LeaderRoles, []string{"reporting"}) {
+		t.Fatalf("heartbeat of Resume: %+v, want seq %d, started_at %v, draining, roles [reporting]", m, seq+1, p.StartedAt())
+	}
+	if m := l.next(wait); m.Seq != seq+2 {
+		t.Fatalf("periodic heartbeat after Resume: seq %d, want %d", m.Seq, seq+2)
+	}
+}
+
+// TestPublisherResume: Resume publishes at once, once, as the same process.
+func TestPublisherResume(t *testing.T) {
+	s := startServer(t, -1)
+	p, l := newStarted(t, s, testConfig(time.Minute))
+	first := l.next(wait)
+	p.Resume() // not paused: nothing to do
+	p.Pause()
+	p.Resume()
+	p.Resume()
+	if err := p.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	ms := l.rest()
+	if len(ms) != 1 || ms[0].Seq != 2 || !ms[0].StartedAt.Equal(first.StartedAt) || ms[0].State != StateReady {
+		t.Fatalf("after Resume, Pause, Resume, Resume: %+v, want one heartbeat, seq 2, started_at %v", ms, first.StartedAt)
+	}
+	if p.Seq() != 2 {
+		t.Errorf("Seq() %d, want 2", p.Seq())
+	}
+	if err := l.nc.Publish(DiscoverSubject(DefaultPrefix), nil); err != nil {
+		t.Fatal(err)
+	}
+	if m := l.next(wait); m.Seq != 3 {
+		t.Errorf("answer to discover after Resume: seq %d, want 3", m.Seq)
+	}
+}
+
+// TestPublisherPauseBeforeStart: a Publisher paused before Start publishes
+// its first heartbeat on Resume.
+func TestPublisherPauseBeforeStart(t *testing.T) {
+	s := startServer(t, -1)
+	l := listen(t, s, HeartbeatSubject(DefaultPrefix, "app1"))
+	p, err := NewPublisher(connect(t, s), testConfig(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Stop)
+	p.Pause()
+	if err := p.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if p.Seq() != 0 {
+		t.Fatalf("seq %d after Start while paused", p.Seq())
+	}
+	p.Resume()
+	if m := l.next(wait); m.Seq != 1 || !m.StartedAt.Equal(p.StartedAt()) {
+		t.Fatalf("first heartbeat, on Resume: %+v", m)
+	}
+}
+
+// TestPublisherLeavePaused: the process is going away, so Leave announces
+// leaving even while paused; afterwards Pause and Resume do nothing.
+func TestPublisherLeavePaused(t *testing.T) {
+	s := startServer(t, -1)
+	p, l := newStarted(t, s, testConfig(time.Minute))
+	first := l.next(wait)
+	p.Pause()
+	if err := p.Leave(); err != nil {
+		t.Fatal(err)
+	}
+	ms := l.rest()
+	if len(ms) != 1 || ms[0].State != StateLeaving || ms[0].Seq != 2 || !ms[0].StartedAt.Equal(first.StartedAt) {
+		t.Fatalf("Leave while paused: %+v, want one leaving message, seq 2", ms)
+	}
+	p.Resume()
+	p.Pause()
+	p.Resume()
+	if err := p.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if ms := l.rest(); len(ms) != 0 || p.Seq() != 2 || p.Paused() {
+		t.Errorf("Pause and Resume after Leave: %d messages, seq %d, paused %v", len(ms), p.Seq(), p.Paused())
+	}
+}
+
+// TestPublisherStopPaused: Stop while paused stays silent, and Resume
+// after it publishes nothing.
+func TestPublisherStopPaused(t *testing.T) {
+	s := startServer(t, -1)
+	p, l := newStarted(t, s, testConfig(time.Minute))
+	l.next(wait)
+	p.Pause()
+	p.Stop()
+	p.Resume()
+	if err := p.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if ms := l.rest(); len(ms) != 0 || p.Seq() != 1 {
+		t.Errorf("Stop and Resume while paused: %d messages, seq %d", len(ms), p.Seq())
 	}
 }

@@ -32,9 +32,10 @@ func config(t *testing.T, natsURL, health string) *Config {
 }
 
 // TestHealthUpAndDown follows one sidecar through its life: silent while
-// the application is unhealthy, announcing while healthy, silent again
-// (the gateway turns it stale), re-admitted, drained and readied by
-// signal, and leaving on SIGTERM.
+// the application is unhealthy, announcing while healthy, paused while
+// unhealthy again (the gateway turns it stale), back as the same process
+// (ready, not a restart), drained and readied by signal, and leaving on
+// SIGTERM.
 func TestHealthUpAndDown(t *testing.T) {
 	s := startNATS(t, nil)
 	health := startHealth(t, false)
@@ -54,36 +55,70 @@ func TestHealthUpAndDown(t *testing.T) {
 	}
 	events.await(t, membership.EventJoin)
 
+	// Unhealthy: paused, stale at the gateway; healthy again: the same
+	// process resumes at the next seq and is routed again.
 	health.up.Store(false)
 	events.await(t, membership.EventStale)
-
+	paused := hb.last(t)
 	health.up.Store(true)
-	again := hb.next(t, "heartbeat after recovery", func(m *heartbeat.Message) bool { return m.StartedAt.After(first.StartedAt) })
-	if again.Seq != 1 {
-		t.Errorf("after recovery: seq %d, want 1 (a new publisher)", again.Seq)
+	again := hb.next(t, "heartbeat after recovery", anyBeat)
+	if again.Seq != paused.Seq+1 || !again.StartedAt.Equal(first.StartedAt) || again.State != heartbeat.StateReady {
+		t.Errorf("after recovery: %+v, want seq %d, started_at %v, ready (the same process resumed)", again, paused.Seq+1, first.StartedAt)
 	}
-	events.await(t, membership.EventRestart)
+	events.await(t, membership.EventReady)
+	events.member(t, membership.StateActive, first.StartedAt)
 
 	r.sig <- DrainSignal
 	hb.next(t, "draining", func(m *heartbeat.Message) bool { return m.State == heartbeat.StateDraining })
 	events.await(t, membership.EventDraining)
 
-	// Draining survives a health outage: the next publisher starts draining.
+	// Draining survives a health outage, and signals while paused are
+	// kept for the heartbeat of the recovery, which resumes the seq.
 	health.up.Store(false)
 	events.await(t, membership.EventStale)
-	health.up.Store(true)
-	m := hb.next(t, "heartbeat of the third healthy period", func(m *heartbeat.Message) bool { return m.StartedAt.After(again.StartedAt) })
-	if m.State != heartbeat.StateDraining {
-		t.Errorf("after an outage while draining: state %s", m.State)
+	r.sig <- ReadySignal
+	r.sig <- DrainSignal
+	paused = hb.last(t)
+	if paused.State != heartbeat.StateDraining {
+		t.Errorf("last heartbeat before the pause %+v, want draining", paused)
 	}
+	health.up.Store(true)
+	m := hb.next(t, "heartbeat after the second recovery", anyBeat)
+	if m.Seq != paused.Seq+1 || !m.StartedAt.Equal(first.StartedAt) || m.State != heartbeat.StateDraining {
+		t.Errorf("after an outage while draining: %+v, want seq %d, started_at %v, draining", m, paused.Seq+1, first.StartedAt)
+	}
+	events.await(t, membership.EventDraining)
+	events.member(t, membership.StateDraining, first.StartedAt)
 
 	r.sig <- ReadySignal
 	hb.next(t, "ready again", func(m *heartbeat.Message) bool { return m.State == heartbeat.StateReady })
+	events.await(t, membership.EventReady)
 
 	r.stop(t, syscall.SIGTERM)
 	last := hb.next(t, "leaving", func(m *heartbeat.Message) bool { return m.State == heartbeat.StateLeaving })
-	if !last.StartedAt.Equal(m.StartedAt) {
-		t.Errorf("leaving from started_at %v, want %v", last.StartedAt, m.StartedAt)
+	if !last.StartedAt.Equal(first.StartedAt) {
+		t.Errorf("leaving from started_at %v, want %v", last.StartedAt, first.StartedAt)
+	}
+	events.await(t, membership.EventLeave)
+}
+
+// TestLeaveWhileUnhealthy: SIGTERM while heartbeats are paused still
+// announces leaving, so the gateway lists the instance as left at once.
+func TestLeaveWhileUnhealthy(t *testing.T) {
+	s := startNATS(t, nil)
+	health := startHealth(t, true)
+	hb := listen(t, s.ClientURL(), "app1")
+	events := watch(t, s.ClientURL())
+	r := run(t, config(t, s.ClientURL(), health.URL))
+	first := hb.next(t, "first heartbeat", anyBeat)
+	events.await(t, membership.EventJoin)
+	health.up.Store(false)
+	events.await(t, membership.EventStale)
+	paused := hb.last(t)
+	r.stop(t, syscall.SIGTERM)
+	m := hb.next(t, "leaving", anyBeat)
+	if m.State != heartbeat.StateLeaving || m.Seq != paused.Seq+1 || !m.StartedAt.Equal(first.StartedAt) {
+		t.Errorf("leaving while paused: %+v, want leaving, seq %d", m, paused.Seq+1)
 	}
 	events.await(t, membership.EventLeave)
 }
@@ -144,8 +179,12 @@ func TestAuth(t *testing.T) {
 	}
 }
 
-// events collects the membership events a gateway would see.
-type events struct{ ch chan membership.Event }
+// events collects the membership events a gateway would see, from a
+// real registry fed by a real watcher.
+type events struct {
+	ch  chan membership.Event
+	reg *membership.Registry
+}
 
 func watch(t *testing.T, url string) *events {
 	t.Helper()
@@ -159,6 +198,7 @@ func watch(t *testing.T, url string) *events {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
+	e.reg = reg
 	w := membership.NewWatcher(nc, reg)
 	if err := w.Start(); err != nil {
 		t.Fatal(err)
@@ -179,6 +219,10 @@ func (e *events) await(t *testing.T, kind membership.EventKind) {
 			if ev.Kind == membership.EventRejected {
 				t.Fatalf("heartbeat rejected: %s", ev.Detail)
 			}
+			if ev.Kind != kind && (ev.Kind == membership.EventRestart || ev.Kind == membership.EventConflict) {
+				// The sidecar announces one process for its whole life.
+				t.Fatalf("%s event while awaiting %s: %+v", ev.Kind, kind, ev)
+			}
 			if ev.Kind == kind {
 				return
 			}
@@ -186,6 +230,20 @@ func (e *events) await(t *testing.T, kind membership.EventKind) {
 			t.Fatalf("no %s event", kind)
 		}
 	}
+}
+
+// member checks that the registry lists app1 in state with startedAt.
+func (e *events) member(t *testing.T, state membership.State, startedAt time.Time) {
+	t.Helper()
+	for _, m := range e.reg.Members() {
+		if m.ID == "app1" {
+			if m.State != state || !m.StartedAt.Equal(startedAt) {
+				t.Errorf("registry lists app1 %s started at %v, want %s started at %v", m.State, m.StartedAt, state, startedAt)
+			}
+			return
+		}
+	}
+	t.Errorf("registry does not list app1")
 }
 
 func TestParse(t *testing.T) {

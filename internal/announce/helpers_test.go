@@ -78,7 +78,9 @@ func (h *healthServer) await(t *testing.T, code, n int) {
 
 // heartbeats collects the decoded heartbeats of one instance.
 type heartbeats struct {
-	ch chan *nats.Msg
+	nc   *nats.Conn
+	ch   chan *nats.Msg
+	seen *heartbeat.Message // the last one taken from ch
 }
 
 func listen(t *testing.T, url, id string, opts ...nats.Option) *heartbeats {
@@ -88,7 +90,7 @@ func listen(t *testing.T, url, id string, opts ...nats.Option) *heartbeats {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	h := &heartbeats{ch: make(chan *nats.Msg, 4096)}
+	h := &heartbeats{nc: nc, ch: make(chan *nats.Msg, 4096)}
 	if _, err := nc.ChanSubscribe(heartbeat.HeartbeatSubject(heartbeat.DefaultPrefix, id), h.ch); err != nil {
 		t.Fatal(err)
 	}
@@ -105,15 +107,44 @@ func (h *heartbeats) next(t *testing.T, what string, ok func(*heartbeat.Message)
 	for {
 		select {
 		case msg := <-h.ch:
-			m, err := heartbeat.Decode(heartbeat.DefaultPrefix, msg.Subject, msg.Data)
-			if err != nil {
-				t.Fatalf("invalid heartbeat %s: %v", msg.Data, err)
-			}
+			m := h.decode(t, msg)
 			if ok(m) {
 				return m
 			}
 		case <-deadline:
 			t.Fatalf("no heartbeat: %s", what)
+		}
+	}
+}
+
+func (h *heartbeats) decode(t *testing.T, msg *nats.Msg) *heartbeat.Message {
+	t.Helper()
+	m, err := heartbeat.Decode(heartbeat.DefaultPrefix, msg.Subject, msg.Data)
+	if err != nil {
+		t.Fatalf("invalid heartbeat %s: %v", msg.Data, err)
+	}
+	h.seen = m
+	return m
+}
+
+// last takes every heartbeat the server delivered before now and returns
+// the last one: after a flush (a ping the server answers after what it
+// sent before), they are all in ch. Called once the gateway saw the
+// instance go stale, it returns the last heartbeat before the pause.
+func (h *heartbeats) last(t *testing.T) *heartbeat.Message {
+	t.Helper()
+	if err := h.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		select {
+		case msg := <-h.ch:
+			h.decode(t, msg)
+		default:
+			if h.seen == nil {
+				t.Fatal("no heartbeat yet")
+			}
+			return h.seen
 		}
 	}
 }

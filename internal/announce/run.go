@@ -16,9 +16,12 @@ import (
 // stop signal (SIGTERM, SIGINT) arrives on signals; then it announces
 // leaving and returns nil. DrainSignal (SIGUSR1) switches to draining,
 // ReadySignal (SIGUSR2) back to ready. Heartbeats go out only while the
-// health check passes; each healthy period is announced by a new
-// heartbeat.Publisher (a new started_at, seq from 1), so the gateway
-// re-admits the application when it is healthy again.
+// health check passes. One heartbeat.Publisher, created when the check
+// first passes, announces the application for the life of Run: when the
+// check fails it is paused (the gateway takes the application out of
+// routing once its heartbeats are stale), and when the check passes again
+// it resumes with the same started_at and the next seq, so the gateway
+// sees the same process become ready again, not a restart.
 func Run(ctx context.Context, c *Config, signals <-chan os.Signal, log *slog.Logger) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -81,7 +84,9 @@ type sidecar struct {
 	nc    *nats.Conn
 	log   *slog.Logger
 	state heartbeat.State
-	pub   *heartbeat.Publisher // nil while unhealthy
+	// pub is nil until the health check first passes, then announces the
+	// application until Run returns, paused while the check fails.
+	pub *heartbeat.Publisher
 	// waiting is set once "not healthy yet" was logged, so that a long
 	// outage logs one line, not one per check.
 	waiting bool
@@ -91,11 +96,14 @@ func (s *sidecar) onHealth(err error) {
 	switch {
 	case err == nil && s.pub == nil:
 		s.announce()
-	case err != nil && s.pub != nil:
-		s.pub.Stop()
-		s.pub = nil
+	case err == nil && s.pub.Paused():
+		s.pub.Resume()
+		s.waiting = false
+		s.log.Info("healthy again: heartbeats resumed", "state", s.state, "seq", s.pub.Seq())
+	case err != nil && s.pub != nil && !s.pub.Paused():
+		s.pub.Pause()
 		s.waiting = true
-		s.log.Warn("health check failed: heartbeats stopped; the gateway takes the instance out of routing when they go stale", "error", err)
+		s.log.Warn("health check failed: heartbeats paused; the gateway takes the instance out of routing when they go stale", "error", err)
 	case err != nil && !s.waiting:
 		s.waiting = true
 		s.log.Info("not healthy yet; heartbeats start once the health check passes", "error", err)
@@ -151,8 +159,10 @@ func (s *sidecar) onSignal(sig os.Signal) (stop bool) {
 	return false
 }
 
-// leave announces leaving if heartbeats are going out. A failure is
-// logged, not returned: the gateway notices the silence anyway.
+// leave announces leaving once the application was announced, even while
+// heartbeats are paused: the gateway then lists it as left at once instead
+// of waiting for stale_after. A failure is logged, not returned: the
+// gateway notices the silence anyway.
 func (s *sidecar) leave(why string) error {
 	if s.pub == nil {
 		s.log.Info("stopping; nothing to leave (not announcing)", "reason", why)
