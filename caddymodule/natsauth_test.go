@@ -19,6 +19,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/caddy-cx/caddy-cx/internal/natstest"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 
@@ -28,17 +30,7 @@ import (
 // secureNATS starts a NATS server with opts (host and port filled in).
 func secureNATS(t testing.TB, opts *server.Options) string {
 	t.Helper()
-	opts.Host, opts.Port, opts.NoSigs, opts.NoLog = "127.0.0.1", -1, true, true
-	srv, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Start()
-	if !srv.ReadyForConnections(5 * time.Second) {
-		t.Fatal("nats server not ready")
-	}
-	t.Cleanup(srv.Shutdown)
-	return fmt.Sprintf("nats://127.0.0.1:%d", srv.Addr().(*net.TCPAddr).Port)
+	return natstest.Start(t, opts).ClientURL()
 }
 
 // routedThrough starts a gateway with the cx block and checks that an
@@ -132,7 +124,6 @@ func TestNATSMutualTLSWithPrivateCA(t *testing.T) {
 		t.Fatal(err)
 	}
 	url := secureNATS(t, &server.Options{TLSConfig: tlsConfig, TLSVerify: true, TLS: true})
-	url = "tls" + url[len("nats"):]
 	block := fmt.Sprintf("\t\tnats %s\n\t\ttls {\n\t\t\tca %s\n\t\t\tcert %s %s\n\t\t}", url, pki.caFile, pki.clientCert, pki.clientKey)
 	routedThrough(t, block, url, nats.RootCAs(pki.caFile), nats.ClientCert(pki.clientCert, pki.clientKey))
 }

@@ -27,7 +27,7 @@ func TestNATSProblemNamesTheCause(t *testing.T) {
 	}{
 		{"wrong password", authURL, []nats.Option{nats.UserInfo("gw", "wrong")}, "authentication failed"},
 		{"no credentials", authURL, nil, "authentication failed"},
-		{"unknown CA", "tls" + tlsURL[len("nats"):], []nats.Option{nats.RootCAs(otherCA.caFile)}, "TLS failed"},
+		{"unknown CA", tlsURL, []nats.Option{nats.RootCAs(otherCA.caFile)}, "TLS failed"},
 		{"nothing listening", closedPortURL(t), nil, "unreachable"},
 	}
 	for _, c := range cases {

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/caddy-cx/caddy-cx/internal/natstest"
 	"github.com/nats-io/nats.go"
 )
 
@@ -20,17 +22,8 @@ func startConfigured(t *testing.T, file string) *server.Server {
 	if err != nil {
 		t.Fatalf("%s: %v", file, err)
 	}
-	opts.Host, opts.Port, opts.HTTPPort, opts.NoLog, opts.NoSigs = "127.0.0.1", -1, 0, true, true
-	s, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(wait) {
-		t.Fatal("nats server not ready")
-	}
-	t.Cleanup(s.Shutdown)
-	return s
+	opts.Port, opts.HTTPPort = -1, 0
+	return natstest.Start(t, opts)
 }
 
 // client is a connection as one user, with its permission errors.

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/caddy-cx/caddy-cx/internal/natstest"
 	"github.com/nats-io/nats.go"
 )
 
@@ -18,17 +20,7 @@ const wait = 5 * time.Second
 // a free port) and shuts it down when the test ends.
 func startServer(t *testing.T, port int) *server.Server {
 	t.Helper()
-	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, NoLog: true, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(wait) {
-		s.Shutdown()
-		t.Fatalf("NATS server on port %d not ready", port)
-	}
-	t.Cleanup(s.Shutdown)
-	return s
+	return natstest.Start(t, &server.Options{Port: port})
 }
 
 func serverPort(t *testing.T, s *server.Server) int {

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/caddy-cx/caddy-cx/internal/natstest"
 	"github.com/nats-io/nats.go"
 )
 
@@ -33,21 +35,7 @@ func startNATS(t testing.TB) *natsServer {
 
 func (ns *natsServer) start() {
 	ns.t.Helper()
-	srv, err := server.NewServer(&server.Options{
-		Host:   "127.0.0.1",
-		Port:   ns.port,
-		NoLog:  true,
-		NoSigs: true,
-	})
-	if err != nil {
-		ns.t.Fatalf("nats server: %v", err)
-	}
-	srv.Start()
-	if !srv.ReadyForConnections(10 * time.Second) {
-		srv.Shutdown()
-		ns.t.Fatalf("nats server on port %d not ready", ns.port)
-	}
-	ns.srv = srv
+	ns.srv = natstest.Start(ns.t, &server.Options{Port: ns.port})
 }
 
 // restart starts a stopped server again on the same port.

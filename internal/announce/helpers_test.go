@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/caddy-cx/caddy-cx/internal/natstest"
 	"github.com/nats-io/nats.go"
 
 	"github.com/caddy-cx/caddy-cx/heartbeat"
@@ -20,20 +22,7 @@ const wait = 5 * time.Second
 
 func startNATS(t *testing.T, opts *server.Options) *server.Server {
 	t.Helper()
-	if opts == nil {
-		opts = &server.Options{}
-	}
-	opts.Host, opts.Port, opts.NoSigs, opts.NoLog = "127.0.0.1", -1, true, true
-	s, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(wait) {
-		t.Fatal("nats server not ready")
-	}
-	t.Cleanup(s.Shutdown)
-	return s
+	return natstest.Start(t, opts)
 }
 
 // healthServer is a real health endpoint whose answer the test switches;
