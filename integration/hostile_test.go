@@ -247,17 +247,7 @@ func TestConfigReloadsUnderLoad(t *testing.T) {
 	})
 
 	// The baseline: after a warm-up load, its client connections closed.
-	warm := startLoad(t, gw.URL+"/", loadEvery)
-	warm.waitServed(t, 5*time.Second, "app1", 100, time.Time{})
-	warm.waitServed(t, 5*time.Second, "app2", 100, time.Time{})
-	if errs := warm.Stop().Errors(); len(errs) > 0 {
-		t.Fatalf("warm-up: %d errors:\n%s", len(errs), errs.Describe(5))
-	}
-	time.Sleep(500 * time.Millisecond)
-	base, err := gw.runtimeStats()
-	if err != nil {
-		t.Fatalf("reading the gateway's runtime figures from the admin API: %v", err)
-	}
+	base := warmBaseline(t, gw, 100, "app1", "app2")
 	_, open1 := app1.conns()
 	_, open2 := app2.conns()
 	baseConns := open1 + open2
@@ -426,6 +416,7 @@ func TestConfigReloadsUnderLoad(t *testing.T) {
 	// Back near the start: goroutines +10, heap max(2x, +20MiB).
 	var after runtimeStats
 	var conns int
+	var err error
 	goroutineLimit := base.Goroutines + 10
 	heapLimit := max(2*base.HeapAlloc, base.HeapAlloc+20<<20)
 	settled := poll(10*time.Second, func() bool {

@@ -508,16 +508,7 @@ func TestChurnSoak(t *testing.T) {
 
 	// The baseline: after a warm-up load, with the load's connections
 	// closed.
-	warm := startLoad(t, gw.URL+"/", loadEvery)
-	warm.waitServed(t, 5*time.Second, "app1", 200, time.Time{})
-	if errs := warm.Stop().Errors(); len(errs) > 0 {
-		t.Fatalf("warm-up: %d errors:\n%s", len(errs), errs.Describe(5))
-	}
-	time.Sleep(500 * time.Millisecond)
-	base, err := gw.runtimeStats()
-	if err != nil {
-		t.Fatalf("reading the gateway's runtime figures from the admin API: %v", err)
-	}
+	base := warmBaseline(t, gw, 200, "app1")
 	_, baseConns := app1.conns()
 	t.Logf("before the churn: %s; %d connections open to app1", base, baseConns)
 
@@ -569,6 +560,7 @@ func TestChurnSoak(t *testing.T) {
 	// each (read and write loops); they are accounted for.
 	var after runtimeStats
 	var conns int
+	var err error
 	settled := poll(15*time.Second, func() bool {
 		after, err = gw.runtimeStats()
 		if err != nil {

@@ -285,3 +285,23 @@ func envBool(name string) bool {
 	v := os.Getenv(name)
 	return v != "" && v != "0" && v != "false"
 }
+
+// warmBaseline runs a warm-up load until each of ids served n requests
+// (without an error), lets its client connections close, and returns the
+// gateway's runtime figures then: the baseline to compare with later.
+func warmBaseline(t *testing.T, gw *gateway, n int, ids ...string) runtimeStats {
+	t.Helper()
+	warm := startLoad(t, gw.URL+"/", loadEvery)
+	for _, id := range ids {
+		warm.waitServed(t, 5*time.Second, id, n, time.Time{})
+	}
+	if errs := warm.Stop().Errors(); len(errs) > 0 {
+		t.Fatalf("warm-up: %d errors:\n%s", len(errs), errs.Describe(5))
+	}
+	time.Sleep(500 * time.Millisecond) // the idle client connections close
+	base, err := gw.runtimeStats()
+	if err != nil {
+		t.Fatalf("reading the gateway's runtime figures from the admin API: %v", err)
+	}
+	return base
+}
