@@ -19,12 +19,11 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
-
-	"github.com/caddy-cx/caddy-cx/internal/natstest"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 
 	"github.com/caddy-cx/caddy-cx/heartbeat"
+	"github.com/caddy-cx/caddy-cx/internal/natstest"
 )
 
 // secureNATS starts a NATS server with opts (host and port filled in).

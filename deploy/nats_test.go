@@ -7,9 +7,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 
 	"github.com/caddy-cx/caddy-cx/internal/natstest"
-	"github.com/nats-io/nats.go"
 )
 
 const wait = 5 * time.Second

@@ -8,9 +8,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 
 	"github.com/caddy-cx/caddy-cx/internal/natstest"
-	"github.com/nats-io/nats.go"
 )
 
 // wait bounds every wait for something that should happen at once.

@@ -9,9 +9,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 
 	"github.com/caddy-cx/caddy-cx/internal/natstest"
-	"github.com/nats-io/nats.go"
 )
 
 // natsServer is an embedded NATS server on 127.0.0.1 that can be stopped

@@ -11,11 +11,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
-
-	"github.com/caddy-cx/caddy-cx/internal/natstest"
 	"github.com/nats-io/nats.go"
 
 	"github.com/caddy-cx/caddy-cx/heartbeat"
+	"github.com/caddy-cx/caddy-cx/internal/natstest"
 )
 
 const wait = 5 * time.Second
