@@ -218,13 +218,12 @@ func TestEmbeddedNATSPortIsNotAnInstance(t *testing.T) {
 	processed(t, publish, "marker")
 	assertNotMember(t, "evil")
 
-	val, ok := embeddedPool.References(fmt.Sprintf("127.0.0.1:%d", natsPort))
-	_ = val
-	if !ok {
+	key := fmt.Sprintf("127.0.0.1:%d", natsPort)
+	emb, loaded, _ := embeddedPool.LoadOrNew(key, nil)
+	if !loaded {
 		t.Fatal("no embedded server")
 	}
-	emb, _, _ := embeddedPool.LoadOrNew(fmt.Sprintf("127.0.0.1:%d", natsPort), nil)
-	defer embeddedPool.Delete(fmt.Sprintf("127.0.0.1:%d", natsPort))
+	defer func() { _, _ = embeddedPool.Delete(key) }()
 	srv := emb.(*embeddedServer).srv
 	v, _ := srv.Varz(nil)
 	connsBefore := v.TotalConnections
