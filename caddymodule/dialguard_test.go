@@ -26,6 +26,7 @@ type countingListener struct {
 	l        net.Listener
 	accepted atomic.Int64
 	bytes    atomic.Int64
+	done     atomic.Int64 // connections read to their end
 }
 
 func listenCounting(t *testing.T, network, addr string) *countingListener {
@@ -46,6 +47,7 @@ func listenCounting(t *testing.T, network, addr string) *countingListener {
 				defer conn.Close()
 				n, _ := io.Copy(io.Discard, conn)
 				c.bytes.Add(n)
+				c.done.Add(1)
 			}()
 		}
 	}()
@@ -346,29 +348,29 @@ func TestUnspecifiedAndMetadataPeersAreRefusedBeforeConnecting(t *testing.T) {
 	}
 }
 
-// TestConnectedPeerIsChecked: the check before dialing passes (the name
-// has an allowed address), but the connection lands on a refused one, as
-// with DNS rebinding: it is closed before any byte is sent.
+// TestConnectedPeerIsChecked: the check before dialing passes (the
+// address asked for is allowed), but the connection lands on a refused
+// peer, as when a name resolves differently at dial time (DNS
+// rebinding): it is closed before any byte is sent.
 func TestConnectedPeerIsChecked(t *testing.T) {
 	tr := guardedTransport(t)
-	target := listenCounting(t, "tcp6", "[::1]:0")
-	addrs, err := net.DefaultResolver.LookupNetIP(context.Background(), "ip", "localhost")
-	if err != nil || len(addrs) < 2 {
-		t.Skipf("localhost resolves to %v here; needs both 127.0.0.1 and ::1", addrs)
-	}
-	svc := &Service{allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}, refusals: newDialRefusals(nil)}
-	// Nothing listens on 127.0.0.1 at this port (most likely), so the dial
-	// ends on ::1, outside allow_networks.
-	_, err = roundTripFor(tr, svc, fmt.Sprintf("http://localhost:%d/", target.port()))
-	if !refusedAs(err, refusedNetwork) {
+	target := listenCounting(t, "tcp", "127.0.0.1:0")
+	svc := &Service{allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.2/32")}, refusals: newDialRefusals(nil)}
+	rebinding := tr.guardDial(func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", target.l.Addr().String())
+	})
+	ctx := context.WithValue(context.Background(), caddyhttp.VarsCtxKey, map[string]any{varCandidates: &candidateInfo{svc: svc}})
+	conn, err := rebinding(ctx, "tcp", "127.0.0.2:80")
+	if conn != nil || !refusedAs(err, refusedNetwork) {
 		t.Fatalf("%v, want a refused dial", err)
 	}
-	eventually(t, time.Second, func() bool { return target.accepted.Load() <= 1 }, "accepts")
-	time.Sleep(50 * time.Millisecond) // let the reader see any byte
+	eventually(t, time.Second, func() bool { return target.accepted.Load() == 1 }, "the connection the guard closed")
+	// the reader sees EOF once the guard closed the connection
+	eventually(t, time.Second, func() bool { return target.done.Load() == 1 }, "the closed connection drained")
 	if n := target.bytes.Load(); n != 0 {
 		t.Fatalf("%d bytes reached the refused peer", n)
 	}
-	t.Logf("refused peer: %d connections accepted, 0 bytes received", target.accepted.Load())
 }
 
 func TestConfirmWithFollowsNoRedirect(t *testing.T) {
@@ -417,5 +419,25 @@ func TestConfirmWithUsesTheDialGuard(t *testing.T) {
 	}
 	if n := target.accepted.Load(); n != 0 {
 		t.Fatalf("the probe connected %d times to a refused address", n)
+	}
+}
+
+func TestH2CIsGuardedAndHTTP3Refused(t *testing.T) {
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	h3 := new(Transport)
+	h3.Versions = []string{"3"}
+	if err := h3.Provision(ctx); err == nil || !strings.Contains(err.Error(), "HTTP/3") {
+		t.Fatalf("versions 3: %v, want refused at provision", err)
+	}
+	h2c := new(Transport)
+	h2c.Versions = []string{"h2c"}
+	if err := h2c.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	target := listenCounting(t, "tcp", "127.0.0.1:0")
+	_, err := roundTripFor(h2c, &Service{refusals: newDialRefusals(nil)}, fmt.Sprintf("http://0.0.0.0:%d/", target.port()))
+	if !refusedAs(err, refusedLoop) || target.accepted.Load() != 0 {
+		t.Fatalf("h2c to 0.0.0.0: %v, %d connections accepted", err, target.accepted.Load())
 	}
 }
