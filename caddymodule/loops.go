@@ -121,13 +121,17 @@ func (g *loopGuard) hostOwned(host string, port int) bool {
 }
 
 // owns reports whether a connection to ip:port reaches one of the
-// gateway's own listeners. A nil guard (no config started yet) knows
-// none.
+// gateway's own listeners: those of the config, and every listening
+// socket of the process (sockets.go). A nil guard (no config started yet)
+// knows only the latter.
 func (g *loopGuard) owns(ip netip.Addr, port int) bool {
+	ip = ip.Unmap().WithZone("")
+	if ownSockets.owns(ip, port) {
+		return true
+	}
 	if g == nil {
 		return false
 	}
-	ip = ip.Unmap().WithZone("")
 	if g.addrs[netip.AddrPortFrom(ip, uint16(port))] {
 		return true
 	}
