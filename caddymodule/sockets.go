@@ -45,29 +45,30 @@ type socketSnapshot struct {
 }
 
 // owns reports whether ip:port is a listening socket of this process
-// (directly or through a listener on every address). The scan is
-// refreshed at most every socketScanEvery; while one goroutine refreshes,
-// the others use the previous scan.
+// (directly or through a listener on every address). The first scan is
+// made on the spot; later ones, at most every socketScanEvery, in the
+// background, so that no dial waits on /proc (a listener added by a
+// reload is known from the config at once, see loopGuard).
 func (s *socketScanner) owns(ip netip.Addr, port int) bool {
 	if !scanOwnSockets.Load() {
 		return false
 	}
 	snap := s.last.Load()
-	if snap == nil || time.Since(snap.at) > socketScanEvery {
-		if snap == nil {
-			s.mu.Lock()
-		} else if !s.mu.TryLock() {
-			return snap.owns(ip, port)
-		}
-		if cur := s.last.Load(); cur != snap {
-			snap = cur // refreshed meanwhile
-		} else if fresh := scanSockets(); fresh != nil {
-			s.last.Store(fresh)
-			snap = fresh
+	switch {
+	case snap == nil:
+		s.mu.Lock()
+		if snap = s.last.Load(); snap == nil {
+			snap = scanSockets()
+			s.last.Store(snap)
 		}
 		s.mu.Unlock()
+	case time.Since(snap.at) > socketScanEvery && s.mu.TryLock():
+		go func() {
+			defer s.mu.Unlock()
+			s.last.Store(scanSockets())
+		}()
 	}
-	return snap != nil && snap.owns(ip, port)
+	return snap.owns(ip, port)
 }
 
 func (snap *socketSnapshot) owns(ip netip.Addr, port int) bool {
@@ -80,13 +81,14 @@ func (snap *socketSnapshot) owns(ip netip.Addr, port int) bool {
 
 // scanSockets reads the listening TCP sockets of the network namespace
 // from /proc/net/tcp{,6} and keeps those whose inode is one of this
-// process's file descriptors. It returns nil where /proc is unreadable.
+// process's file descriptors. Where /proc is unreadable it knows none.
 func scanSockets() *socketSnapshot {
+	snap := &socketSnapshot{at: time.Now(), addrs: map[netip.AddrPort]bool{}, any: map[int]bool{}}
 	inodes := ownSocketInodes()
-	if inodes == nil {
-		return nil
+	if len(inodes) == 0 {
+		return snap
 	}
-	snap := &socketSnapshot{at: time.Now(), addrs: map[netip.AddrPort]bool{}, any: map[int]bool{}, local: localAddrs()}
+	snap.local = localAddrs()
 	for _, file := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
 		readListening(file, func(ap netip.AddrPort, inode string) {
 			if !inodes[inode] {
