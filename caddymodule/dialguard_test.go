@@ -20,6 +20,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/caddy-cx/caddy-cx/heartbeat"
 )
@@ -151,6 +153,10 @@ func TestAdminAPIIsNeverAnInstance(t *testing.T) {
 	publish("evil2", adminURL, -1000).beat(heartbeat.StateReady)
 	eventually(t, 2*time.Second, func() bool { return stateOf(t, "evil2") == "active" }, "evil2 admitted with the heartbeat check off")
 	assertServedBy(t, base, "good", 20)
+	// a refused dial sent nothing: even a POST goes on to another instance.
+	if id, code := get(t, "POST", base); code != http.StatusOK || id != "good" {
+		t.Fatalf("POST: status %d from %q, want 200 from good", code, id)
+	}
 	if n := svc.DialRefusals()[refusedLoop]; n == 0 {
 		t.Fatalf("no dial refused as a loop: %v", svc.DialRefusals())
 	} else {
@@ -532,5 +538,29 @@ func TestParseProcAddr(t *testing.T) {
 		if !ok || ap.String() != want {
 			t.Errorf("%s: %v %v, want %s", in, ap, ok, want)
 		}
+	}
+}
+
+func TestDialRefusalsAreCountedAndLogRateLimited(t *testing.T) {
+	core, logs := observer.New(zap.WarnLevel)
+	r := newDialRefusals(zap.New(core))
+	for i := range 100 {
+		r.add(refusedLoop, fmt.Sprintf("127.0.0.1:%d is one of the gateway's own listeners", i))
+	}
+	r.add(refusedNetwork, "169.254.169.254:80 is link-local")
+	if got := r.counts(); got[refusedLoop] != 100 || got[refusedNetwork] != 1 {
+		t.Fatalf("counts %v", got)
+	}
+	if n := logs.Len(); n != 2 {
+		t.Fatalf("%d log lines for 101 refusals of 2 reasons within 5s, want 2", n)
+	}
+	// once the window has passed, the next line says how many were not logged.
+	r.mu.Lock()
+	r.last[refusedLoop] = time.Now().Add(-dialRefusalLogEvery)
+	r.mu.Unlock()
+	r.add(refusedLoop, "again")
+	last := logs.All()[logs.Len()-1].ContextMap()
+	if last["reason"] != refusedLoop || last["similar_refusals_not_logged"] != int64(99) {
+		t.Fatalf("last line %v, want 99 refusals not logged", last)
 	}
 }
