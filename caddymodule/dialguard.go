@@ -196,8 +196,11 @@ type dialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
 // a refused peer; and after, the peer address of the connection actually
 // established, which is what a name resolved to at dial time (DNS
 // rebinding cannot slip through). The connection is closed before the
-// transport writes any HTTP byte on it. A refusal is a dial error, so
-// the request is retried on another instance like after any dial error.
+// transport writes any HTTP byte on it (with proxy_protocol or a TLS
+// server name placeholder, Caddy's dial has sent the PROXY header or TLS
+// handshake by then: the check before dialing stops those in every case
+// but rebinding). A refusal is a dial error, so the request is retried
+// on another instance like after any dial error.
 func (t *Transport) guardDial(dial dialFunc) dialFunc {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		policy := policyFor(ctx)

@@ -282,6 +282,16 @@ func TestListenerAddedByReloadIsNotAnInstance(t *testing.T) {
 	processed(t, publish, "marker")
 	assertNotMember(t, "evil")
 	assertServedBy(t, base, "good", 10)
+
+	// and at dial time, with the heartbeat check bypassed.
+	svc := serviceOf(t, heartbeat.DefaultPrefix)
+	svc.loops.Store(nil)
+	publish("evil2", fmt.Sprintf("http://127.0.0.1:%d", port2), -1000).beat(heartbeat.StateReady)
+	eventually(t, 2*time.Second, func() bool { return stateOf(t, "evil2") == "active" }, "evil2 admitted with the heartbeat check off")
+	assertServedBy(t, base, "good", 10)
+	if svc.DialRefusals()[refusedLoop] == 0 {
+		t.Fatal("no loop refusal counted")
+	}
 }
 
 // refusedAs reports whether err is a dial error (retried by Caddy on
