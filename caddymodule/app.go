@@ -183,18 +183,17 @@ func (a *App) Start() error {
 	return nil
 }
 
-// loopGuard reads this config's HTTP listeners, so that instances cannot
-// point traffic back at the gateway.
+// loopGuard reads this config's listeners (http servers, admin API,
+// embedded NATS), so that instances cannot point traffic back at the
+// gateway; every dial then checks against it too (gatewayListeners).
 func (a *App) loopGuard() *loopGuard {
-	app, err := a.ctx.AppIfConfigured("http")
-	if err != nil {
-		return nil
+	var httpApp *caddyhttp.App
+	if app, err := a.ctx.AppIfConfigured("http"); err == nil {
+		httpApp, _ = app.(*caddyhttp.App)
 	}
-	httpApp, ok := app.(*caddyhttp.App)
-	if !ok {
-		return nil
-	}
-	return newLoopGuard(httpApp)
+	g := newLoopGuard(httpApp, a.listenAddrs()...)
+	gatewayListeners.Store(g)
+	return g
 }
 
 // loopbackOnly reports whether the gateway's NATS is on this machine only

@@ -26,7 +26,7 @@ func (u *Upstreams) configureBeyond(cfg *membership.Config) error {
 		if !strings.HasPrefix(u.ConfirmWith, "/") {
 			return fmt.Errorf("cx: confirm_with %q must be a path starting with /, like /health", u.ConfirmWith)
 		}
-		cfg.Confirm = confirmProbe(u.ConfirmWith)
+		cfg.Confirm = confirmProbe(u.ConfirmWith, defaultPolicy)
 	}
 	return nil
 }
@@ -34,13 +34,22 @@ func (u *Upstreams) configureBeyond(cfg *membership.Config) error {
 // ConfirmTimeout bounds one confirmation probe.
 const ConfirmTimeout = time.Second
 
-var confirmClient = &http.Client{Timeout: ConfirmTimeout}
-
 // confirmProbe returns a probe that GETs an instance's url + path and
-// reports whether it answered 2xx.
-func confirmProbe(path string) func(url string) bool {
+// reports whether it answered 2xx. It dials through the same guard as
+// proxied requests (policy: allow_networks, the gateway's own listeners)
+// and follows no redirect: a 3xx, which could point anywhere, is not a
+// confirmation.
+func confirmProbe(path string, policy func() dialPolicy) func(url string) bool {
+	client := &http.Client{
+		Timeout: ConfirmTimeout,
+		Transport: &http.Transport{
+			DialContext:       guardedDialer(policy, ConfirmTimeout).DialContext,
+			DisableKeepAlives: true, // probes are rare; keep no connection to a silent instance
+		},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
 	return func(url string) bool {
-		resp, err := confirmClient.Get(strings.TrimSuffix(url, "/") + path)
+		resp, err := client.Get(strings.TrimSuffix(url, "/") + path)
 		if err != nil {
 			return false
 		}

@@ -13,29 +13,38 @@ import (
 	"github.com/caddy-cx/caddy-cx/heartbeat"
 )
 
-// loopGuard knows the gateway's own HTTP listeners, so that an instance
-// url pointing back at the gateway (a loop, by mistake or by a spoofed
-// heartbeat) is refused.
+// loopGuard knows every address the gateway process listens on (the http
+// servers, the admin API, the embedded NATS server), so that an instance
+// url or a dialed peer pointing back at the gateway (a loop, by mistake or
+// by a spoofed heartbeat) is refused.
 type loopGuard struct {
-	// any: ports listened on every address; hosts: host -> ports.
+	// any: ports listened on every address; addrs: exact listen
+	// addresses (names resolved); hosts: listen host as written -> ports.
 	any   map[int]bool
+	addrs map[netip.AddrPort]bool
 	hosts map[string]map[int]bool
 	local map[netip.Addr]bool // this machine's addresses
 	names map[string]bool     // names of this machine
 }
 
-// newLoopGuard reads the listeners of the http app's servers.
-func newLoopGuard(app *caddyhttp.App) *loopGuard {
-	g := &loopGuard{any: map[int]bool{}, hosts: map[string]map[int]bool{}, local: localAddrs(), names: localNames()}
-	for _, srv := range app.Servers {
-		for _, listen := range srv.Listen {
-			addr, err := caddy.ParseNetworkAddress(listen)
-			if err != nil || addr.IsUnixNetwork() || addr.IsFdNetwork() || addr.PortRangeSize() > 1024 {
-				continue
-			}
-			for p := addr.StartPort; p <= addr.EndPort; p++ {
-				g.add(addr.Host, int(p))
-			}
+// newLoopGuard reads the listeners of the http app's servers; extra are
+// further listen addresses of the process (admin API, embedded NATS).
+func newLoopGuard(app *caddyhttp.App, extra ...string) *loopGuard {
+	g := &loopGuard{any: map[int]bool{}, addrs: map[netip.AddrPort]bool{}, hosts: map[string]map[int]bool{},
+		local: localAddrs(), names: localNames()}
+	var listens []string
+	if app != nil {
+		for _, srv := range app.Servers {
+			listens = append(listens, srv.Listen...)
+		}
+	}
+	for _, listen := range append(listens, extra...) {
+		addr, err := caddy.ParseNetworkAddress(listen)
+		if err != nil || addr.IsUnixNetwork() || addr.IsFdNetwork() || addr.PortRangeSize() > 1024 {
+			continue
+		}
+		for p := addr.StartPort; p <= addr.EndPort; p++ {
+			g.add(addr.Host, int(p))
 		}
 	}
 	return g
@@ -45,6 +54,12 @@ func (g *loopGuard) add(host string, port int) {
 	if a, err := netip.ParseAddr(host); host == "" || (err == nil && a.IsUnspecified()) {
 		g.any[port] = true
 		return
+	} else if err == nil {
+		g.addrs[netip.AddrPortFrom(a.Unmap(), uint16(port))] = true
+	} else {
+		for _, ip := range g.resolveLocal(host) {
+			g.addrs[netip.AddrPortFrom(ip, uint16(port))] = true
+		}
 	}
 	if g.hosts[host] == nil {
 		g.hosts[host] = map[int]bool{}
@@ -52,28 +67,75 @@ func (g *loopGuard) add(host string, port int) {
 	g.hosts[host][port] = true
 }
 
-// deny says why rawURL points at the gateway itself, or "".
-func (g *loopGuard) deny(rawURL string) string {
-	if g == nil {
-		return ""
+// resolveLocal returns the addresses of a listen host name. Only names of
+// this machine are looked up (a listener cannot bind elsewhere), so that
+// building the guard never waits on DNS for a foreign name.
+func (g *loopGuard) resolveLocal(host string) []netip.Addr {
+	name := strings.ToLower(strings.TrimSuffix(host, "."))
+	if !g.names[name] {
+		return nil
 	}
+	out := []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.IPv6Loopback()}
+	if name == "localhost" {
+		return out
+	}
+	for a := range g.local {
+		out = append(out, a)
+	}
+	return out
+}
+
+// deny says why rawURL points at the gateway itself, or "". It is the
+// heartbeat-time check: it never resolves a name (a heartbeat must not
+// make the gateway query DNS); the dial-time guard checks resolved peers.
+func (g *loopGuard) deny(rawURL string) string {
 	host, portStr, err := net.SplitHostPort(heartbeat.HostPort(rawURL))
 	if err != nil {
 		return ""
 	}
 	port, _ := strconv.Atoi(portStr)
-	if g.hosts[host][port] || (g.any[port] && g.isLocal(host)) {
+	if ip, err := netip.ParseAddr(host); err == nil && ip.Unmap().IsUnspecified() {
+		return "url " + rawURL + " has an unspecified address, which reaches this machine's own listeners: a loop"
+	}
+	if g == nil {
+		return ""
+	}
+	if g.hosts[host][port] || g.hostOwned(host, port) {
 		return "url " + rawURL + " points at the gateway's own listener: a loop"
 	}
 	return ""
 }
 
-func (g *loopGuard) isLocal(host string) bool {
-	if a, err := netip.ParseAddr(host); err == nil {
-		a = a.Unmap()
-		return a.IsLoopback() || g.local[a]
+// hostOwned reports whether host (an IP literal or a name of this
+// machine) at port reaches one of the gateway's listeners.
+func (g *loopGuard) hostOwned(host string, port int) bool {
+	if ip, err := netip.ParseAddr(host); err == nil {
+		return g.owns(ip, port)
 	}
-	return g.names[strings.ToLower(strings.TrimSuffix(host, "."))]
+	for _, ip := range g.resolveLocal(host) {
+		if g.owns(ip, port) {
+			return true
+		}
+	}
+	return false
+}
+
+// owns reports whether a connection to ip:port reaches one of the
+// gateway's own listeners: those of the config, and every listening
+// socket of the process (sockets.go). A nil guard (no config started yet)
+// knows only the latter.
+func (g *loopGuard) owns(ip netip.Addr, port int) bool {
+	ip = ip.Unmap().WithZone("")
+	if ownSockets.owns(ip, port) {
+		return true
+	}
+	if g == nil {
+		return false
+	}
+	if g.addrs[netip.AddrPortFrom(ip, uint16(port))] {
+		return true
+	}
+	return g.any[port] && (ip.IsLoopback() || ip.IsUnspecified() || g.local[ip])
 }
 
 func localAddrs() map[netip.Addr]bool {

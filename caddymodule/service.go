@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"encoding/json"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,6 +40,10 @@ type Service struct {
 	warmUntil atomic.Int64
 	// loops refuses instance urls pointing at the gateway's listeners.
 	loops atomic.Pointer[loopGuard]
+	// allow is allow_networks, which every dial to an instance is checked
+	// against (dialguard.go); refusals counts the dials refused.
+	allow    []netip.Prefix
+	refusals *dialRefusals
 }
 
 type serviceKey struct {
@@ -87,6 +92,11 @@ func acquireService(link string, cfg membership.Config, opts serviceOptions, log
 			health: &passiveHealth{timeout: opts.failTimeout}}
 		cfg.OnEvent = s.onEvent
 		cfg.Deny = func(url string) string { return s.loops.Load().deny(url) }
+		s.allow = unmapNetworks(cfg.AllowNetworks)
+		s.refusals = newDialRefusals(s.log.logger)
+		if cfg.Confirm != nil {
+			cfg.Confirm = confirmProbe(opts.confirmWith, s.dialPolicy)
+		}
 		reg, err := membership.New(cfg)
 		if err != nil {
 			return nil, err
