@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -378,7 +381,7 @@ func TestTrustIdentityTakeover(t *testing.T) {
 			if strings.HasPrefix(tc.name, "same started_at") && ev1["conflict"] <= ev0["conflict"] {
 				t.Errorf("the url change within one process was not counted as an id conflict")
 			}
-			if strings.HasPrefix(tc.name, "50 msg/s") && slicesContains(events, "heartbeat rejected/rate") {
+			if strings.HasPrefix(tc.name, "50 msg/s") && slices.Contains(events, "heartbeat rejected/rate") {
 				t.Errorf("the gateway blamed app1 for the older process's flood: %s", summarize(events))
 			}
 		})
@@ -387,11 +390,12 @@ func TestTrustIdentityTakeover(t *testing.T) {
 
 // TestTrustWhoMayBeRouted announces, to a cx_proxy with `allow_ids app*`
 // and `priority_range 0 10`, an instance "evil" and an instance "app9",
-// both priority -1000 at a tripwire: evil is rejected with reason id and
-// never tried; app9 is admitted with its priority clamped to 0 (the
-// status JSON shows priority 0, announced -1000), so app1 stays primary.
-// On a build without these options the config is refused: the test then
-// measures the attack without them and fails.
+// both priority -1000 at the url of a second, unannounced backend:
+// evil is rejected with reason id and never tried; app9 is admitted with
+// its priority clamped to 0 (the status JSON shows priority 0, announced
+// -1000), so app1 stays primary and serves. On a build without these
+// options the config is refused: the test then measures the attack
+// without them and fails.
 func TestTrustWhoMayBeRouted(t *testing.T) {
 	opts := "allow_ids app*\n\t\tpriority_range 0 10"
 	var r *trustRig
@@ -404,19 +408,19 @@ func TestTrustWhoMayBeRouted(t *testing.T) {
 		r = startTrustRig(t, loopbackNets, opts)
 	}
 	gw := r.gw
-	wire := startTripwire(t, "127.0.0.1")
+	other := startBackend(t, "other", "", 0) // the attacker's server
 	rej0 := gw.rejected(t)
 	load := startLoad(t, gw.URL+"/", lightLoad)
 	load.waitServed(t, 5*time.Second, "app1", 10, time.Time{})
 
-	stopEvil := keepAnnouncing(t, r.nc, newFake("evil", "http://"+wire.Addr, -1000))
-	stopApp9 := keepAnnouncing(t, r.nc, newFake("app9", "http://"+wire.Addr, -1000))
+	stopEvil := keepAnnouncing(t, r.nc, newFake("evil", other.URL, -1000))
+	stopApp9 := keepAnnouncing(t, r.nc, newFake("app9", other.URL, -1000))
 	evilAdmitted := waitSettled(t, gw, "evil", rej0, "id")
 	waitFor(t, 5*time.Second, "app9 to be listed", func() bool {
 		_, st, _, _, _, ok := gw.checkStatusQuiet().instance("app9")
 		return ok && st != ""
 	})
-	time.Sleep(time.Second)
+	time.Sleep(time.Second) // the attack goes on under load
 	doc := gw.checkStatus(t, "during the attack")
 	stopEvil()
 	stopApp9()
@@ -426,8 +430,9 @@ func TestTrustWhoMayBeRouted(t *testing.T) {
 	if len(doc.Services) > 0 {
 		primary = doc.Services[0].Primary
 	}
-	t.Logf("measured: options known: %s; evil (priority -1000) admitted: %s; app9 priority %d (announced %d); primary %v; connections at the attacker's url: %d; tries at evil %.0f, app9 %.0f; load %s",
-		yes(defended), yes(evilAdmitted), prio, announced, primary, wire.accepted.Load(), gw.triesAt(t, "evil"), gw.triesAt(t, "app9"), rs.Summary())
+	evilTries := gw.triesAt(t, "evil")
+	t.Logf("measured: options known: %s; evil (priority -1000) admitted: %s; app9 priority %d (announced %d); primary %v; tries at evil %.0f, app9 %.0f; load %s",
+		yes(defended), yes(evilAdmitted), prio, announced, primary, evilTries, gw.triesAt(t, "app9"), rs.Summary())
 
 	if evilAdmitted {
 		t.Errorf("an id outside allow_ids (evil) was admitted")
@@ -435,11 +440,11 @@ func TestTrustWhoMayBeRouted(t *testing.T) {
 	if prio < 0 {
 		t.Errorf("app9 announced priority %d and is routed at priority %d; want it clamped to 0", announced, prio)
 	}
-	if !slicesContains(primary, "app1") {
+	if !slices.Contains(primary, "app1") {
 		t.Errorf("app1 is not primary during the attack (primary: %v)", primary)
 	}
-	if tries := gw.triesAt(t, "evil"); tries > 0 {
-		t.Errorf("the gateway made %.0f tries at evil", tries)
+	if evilTries > 0 {
+		t.Errorf("the gateway made %.0f tries at evil", evilTries)
 	}
 	if defended {
 		gw.waitRejected(t, rej0, "id", 2*time.Second)
@@ -489,16 +494,521 @@ func summarize(ss []string) string {
 	return b.String()
 }
 
-func slicesContains(ss []string, s string) bool {
-	for _, v := range ss {
-		if v == s {
-			return true
-		}
-	}
-	return false
+// ------------------------------------------------------- 4: PUT bodies
+
+// storeRecord is one body a testbackend's PUT /store received.
+type storeRecord struct {
+	Len       int64  `json:"len"`
+	SHA256    string `json:"sha256"`
+	ExpectLen string `json:"expect_len"`
+	Err       string `json:"err"`
 }
 
-var (
-	_ = bytes.NewReader
-	_ = rand.IntN
-)
+// bodies reads the bodies b's PUT /store has received so far.
+func (b *backend) bodies(t testing.TB) []storeRecord {
+	t.Helper()
+	var out []storeRecord
+	if err := getJSON(b.URL+"/admin/bodies", &out); err != nil {
+		t.Fatalf("%s: GET /admin/bodies: %v", b.ID, err)
+	}
+	return out
+}
+
+// truncated lists the records whose body is not the whole one the
+// client sent (its length in X-Expect-Len) or whose read failed.
+func truncated(rs []storeRecord) []storeRecord {
+	var out []storeRecord
+	for _, r := range rs {
+		if r.Err != "" || fmt.Sprint(r.Len) != r.ExpectLen {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// TestTrustPutBodiesNeverHalfReplayed PUTs bodies through the gateway to
+// a primary (app1) that reads the whole body and then resets the
+// connection; app2 is the backup (fail_timeout 1ms, so that every PUT
+// goes to app1 first). A request is replayed on app2 only if its whole
+// body was buffered (request_buffers, 64 KiB by default):
+//
+//   - 1 KiB with Content-Length: replayed, app2 gets the whole body, 200;
+//   - 100 KiB chunked, 100 KiB and 4 MiB with Content-Length: not
+//     replayed (app2 gets no request), the client gets 502.
+//
+// No backend ever gets a truncated body, and GETs under a steady load
+// all succeed.
+func TestTrustPutBodiesNeverHalfReplayed(t *testing.T) {
+	n := startNATS(t, 0)
+	startBackend(t, "app1", n.URL, 0, "--reset-after-body")
+	app2 := startBackend(t, "app2", n.URL, 1)
+	gw := startGateway(t, trustCaddyfile(n.URL, "", loopbackNets, "fail_timeout 1ms"))
+	waitRoutedTo(t, gw, "app1")
+	gw.waitLog(t, 5*time.Second, "app2 joins", membershipEvent("join", "app2", time.Time{}))
+	app1 := &backend{ID: "app1"}
+	for _, e := range logEntries(gw.logPath) {
+		if e.Str("event") == "join" && e.Str("instance") == "app1" {
+			app1.URL = e.Str("url")
+		}
+	}
+	load := startLoad(t, gw.URL+"/", lightLoad)
+	load.waitServed(t, 5*time.Second, "app1", 10, time.Time{})
+
+	cases := []struct {
+		name     string
+		size     int
+		chunked  bool
+		replayed bool
+	}{
+		{"1 KiB Content-Length", 1 << 10, false, true},
+		{"100 KiB chunked", 100 << 10, true, false},
+		{"100 KiB Content-Length", 100 << 10, false, false},
+		{"4 MiB Content-Length", 4 << 20, false, false},
+	}
+	rng := rand.New(rand.NewPCG(7, 8))
+	c := &http.Client{Timeout: 10 * time.Second}
+	var lines []string
+	for _, tc := range cases {
+		body := make([]byte, tc.size)
+		for i := range body {
+			body[i] = byte(rng.UintN(256))
+		}
+		before := len(app2.bodies(t))
+		var rd io.Reader = bytes.NewReader(body)
+		if tc.chunked {
+			rd = io.MultiReader(rd) // no length: sent chunked
+		}
+		req, err := http.NewRequest(http.MethodPut, gw.URL+"/store", rd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tc.chunked {
+			req.ContentLength = -1
+		}
+		req.Header.Set("X-Expect-Len", fmt.Sprint(tc.size))
+		status, answer := 0, ""
+		resp, err := c.Do(req)
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			_ = resp.Body.Close()
+			status, answer = resp.StatusCode, string(b)
+		}
+		got := app2.bodies(t)[before:]
+		line := fmt.Sprintf("%s: client got %d (err %v); app2 got %d requests", tc.name, status, err, len(got))
+		for _, r := range got {
+			line += fmt.Sprintf(" [bodylen=%d of %s%s]", r.Len, r.ExpectLen, map[bool]string{true: ", read error " + r.Err, false: ""}[r.Err != ""])
+		}
+		lines = append(lines, line)
+		t.Logf("measured: %s", line)
+
+		if tc.replayed {
+			if status != http.StatusOK || !strings.Contains(answer, fmt.Sprintf("bodylen=%d ", tc.size)) {
+				t.Errorf("%s: want 200 from app2 with the whole body; got %d %q (err %v)", tc.name, status, truncate(answer, 100), err)
+			}
+			if len(got) != 1 {
+				t.Errorf("%s: app2 got %d requests, want the one replay", tc.name, len(got))
+			}
+		} else {
+			if len(got) > 0 {
+				t.Errorf("%s: replayed on app2 after app1 had consumed the body (app2 got %d requests)", tc.name, len(got))
+			}
+			if status != http.StatusBadGateway {
+				t.Errorf("%s: the client got %d (err %v), want 502", tc.name, status, err)
+			}
+		}
+	}
+	rs := load.Stop()
+	all := app2.bodies(t)
+	if bad := truncated(all); len(bad) > 0 {
+		t.Errorf("app2 got %d truncated bodies: %+v", len(bad), bad)
+	}
+	t.Logf("measured: truncated deliveries at app2: %d of %d; GET load %s", len(truncated(all)), len(all), rs.Summary())
+	if errs := rs.Errors(); len(errs) > 0 {
+		t.Errorf("%d of %d GETs failed:\n%s", len(errs), len(rs), errs.Describe(5))
+	}
+	_ = app1
+}
+
+// --------------------------------------------------- 5: year 10000
+
+// TestTrustYear10000StartedAt announces started_at
+// 9999-12-31T23:59:59.999-23:59 (valid RFC 3339, year 10000 in UTC): it
+// is rejected with reason clock, and /ha's JSON and the admin API's
+// /cx/instances, polled every 50ms throughout, always answer 200.
+func TestTrustYear10000StartedAt(t *testing.T) {
+	r := startTrustRig(t, loopbackNets, "")
+	gw := r.gw
+	wire := startTripwire(t, "127.0.0.1")
+	rej0 := gw.rejected(t)
+	load := startLoad(t, gw.URL+"/", lightLoad)
+	load.waitServed(t, 5*time.Second, "app1", 10, time.Time{})
+
+	var mu sync.Mutex
+	polls, bad := 0, map[string]int{}
+	var firstBad string
+	status := startSampler(50*time.Millisecond, func() {
+		for name, url := range gw.statusEndpoints() {
+			code, body, err := statusGet(url)
+			mu.Lock()
+			polls++
+			if err != nil || code != http.StatusOK {
+				bad[name]++
+				if firstBad == "" {
+					firstBad = fmt.Sprintf("%s: %d %v %s", name, code, err, truncate(string(body), 160))
+				}
+			}
+			mu.Unlock()
+		}
+	})
+	hb := newFake("y10k", "http://"+wire.Addr, 1000)
+	hb.StartedAt = "9999-12-31T23:59:59.999-23:59"
+	stop := keepAnnouncing(t, r.nc, hb)
+	admitted := waitSettled(t, gw, "y10k", rej0, "clock")
+	time.Sleep(1500 * time.Millisecond)
+	stop()
+	status.stop()
+	rs := load.Stop()
+	mu.Lock()
+	t.Logf("measured: y10k admitted: %s; status polls %d, not 200: %v (first: %s); load %s",
+		yes(admitted), polls, bad, firstBad, rs.Summary())
+	if len(bad) > 0 {
+		t.Errorf("the status endpoints did not answer 200 to %v of %d polls; first: %s", bad, polls, firstBad)
+	}
+	mu.Unlock()
+	gw.waitRejected(t, rej0, "clock", 2*time.Second)
+	checkVictimServed(t, rs, "app1")
+	gw.checkStatus(t, "after the attack")
+}
+
+// ---------------------------------------------- 6: confirm_with redirect
+
+// TestTrustConfirmWithNoRedirect has a member that stops heartbeating
+// while its url (inside allow_networks 127.0.0.1/32) answers the
+// confirm_with probe with a redirect to 127.0.0.2, outside
+// allow_networks, where a server answers 200. The probe does not follow
+// it: the server at 127.0.0.2 gets no request and the member turns stale
+// within stale_after + the probe's 1s timeout (+1s).
+func TestTrustConfirmWithNoRedirect(t *testing.T) {
+	var forbidden atomic.Int64
+	fln, err := net.Listen("tcp", "127.0.0.2:0")
+	if err != nil {
+		t.Skipf("cannot listen on 127.0.0.2: %v", err)
+	}
+	fsrv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		forbidden.Add(1)
+		_, _ = io.WriteString(w, "ok")
+	})}
+	go func() { _ = fsrv.Serve(fln) }()
+	t.Cleanup(func() { _ = fsrv.Close() })
+	target := "http://" + fln.Addr().String() + "/health"
+
+	rln := listenLocal(t)
+	rsrv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/health" {
+			http.Redirect(w, r, target, http.StatusFound)
+			return
+		}
+		w.Header().Set("X-Instance", "silent")
+		_, _ = io.WriteString(w, "instance=silent")
+	})}
+	go func() { _ = rsrv.Serve(rln) }()
+	t.Cleanup(func() { _ = rsrv.Close() })
+
+	n := startNATS(t, 0)
+	startBackend(t, "app1", n.URL, 0)
+	gw := startGateway(t, trustCaddyfile(n.URL, "", "127.0.0.1/32", "confirm_with /health"))
+	waitRoutedTo(t, gw, "app1")
+	nc := attacker(t, n.URL)
+	load := startLoad(t, gw.URL+"/", lightLoad)
+	load.waitServed(t, 5*time.Second, "app1", 10, time.Time{})
+
+	publishFor(t, nc, 200*time.Millisecond, 600*time.Millisecond, func(i int) fakeHB {
+		hb := newFake("silent", "http://"+rln.Addr().String(), 1)
+		hb.Seq = int64(i + 1)
+		return hb
+	})
+	silentSince := time.Now()
+	stale := poll(3*time.Second, func() bool {
+		_, st, _, _, _, _ := gw.checkStatusQuiet().instance("silent")
+		return st == "stale"
+	})
+	took := time.Since(silentSince)
+	rs := load.Stop()
+	_, state, _, _, _, _ := gw.checkStatus(t, "after the attack").instance("silent")
+	t.Logf("measured: requests at the forbidden address (127.0.0.2) from the probe: %d; silent member stale: %s (state %q %s after its last heartbeat); load %s",
+		forbidden.Load(), yes(stale), state, ms(took), rs.Summary())
+	if n := forbidden.Load(); n > 0 {
+		t.Errorf("the confirm_with probe followed a redirect to %s outside allow_networks (%d requests)", target, n)
+	}
+	if !stale {
+		t.Errorf("the silent member is %q 3s after its last heartbeat, want stale: a redirect's 2xx kept it routed", state)
+	}
+	checkVictimServed(t, rs, "app1")
+}
+
+// ------------------------------------------------------ 7: https url
+
+// TestTrustHTTPSURLNeverCleartext announces an https:// instance
+// (priority -1000) to a cx_proxy without `transport http { tls }`: it is
+// rejected with reason scheme and never dialed; the loopback listener at
+// its address sees no plaintext request (nor any connection).
+func TestTrustHTTPSURLNeverCleartext(t *testing.T) {
+	r := startTrustRig(t, loopbackNets, "")
+	gw := r.gw
+	wire := startTripwire(t, "127.0.0.1")
+	rej0 := gw.rejected(t)
+	load := startLoad(t, gw.URL+"/", lightLoad)
+	load.waitServed(t, 5*time.Second, "app1", 10, time.Time{})
+
+	stop := keepAnnouncing(t, r.nc, newFake("tlsapp", "https://"+wire.Addr, -1000))
+	admitted := waitSettled(t, gw, "tlsapp", rej0, "scheme")
+	time.Sleep(1500 * time.Millisecond)
+	stop()
+	rs := load.Stop()
+	first, _ := wire.firstLine.Load().(string)
+	t.Logf("measured: tlsapp admitted: %s; connections at the https instance %d, in plaintext %d (first bytes %q); load %s",
+		yes(admitted), wire.accepted.Load(), wire.plaintext.Load(), truncate(first, 40), rs.Summary())
+	if n := wire.plaintext.Load(); n > 0 {
+		t.Errorf("the gateway sent %d plaintext requests to an https:// instance (first bytes %q)", n, truncate(first, 40))
+	}
+	if n := wire.accepted.Load(); n > 0 {
+		t.Errorf("the gateway connected %d times to an https:// instance it cannot speak TLS to", n)
+	}
+	gw.waitRejected(t, rej0, "scheme", 2*time.Second)
+	checkVictimServed(t, rs, "app1")
+}
+
+// ----------------------------------------------------- 8: secrets
+
+// startNATSArgs starts nats-server on a free port of 127.0.0.1 with extra
+// arguments (auth), without waiting for it.
+func startNATSArgs(t testing.TB, port int, extra ...string) *natsServer {
+	t.Helper()
+	n := &natsServer{Port: port, URL: fmt.Sprintf("nats://127.0.0.1:%d", port)}
+	args := append([]string{"-a", "127.0.0.1", "-p", fmt.Sprint(port)}, extra...)
+	n.proc = newProc(t, fmt.Sprintf("nats-%d", port), bins.nats, args...)
+	return n
+}
+
+// TestTrustSecretsStayOut checks where NATS credentials end up:
+//
+//   - a nats url with user info (nats://user:password@...), the server
+//     down when the gateway starts (so that the gateway logs its failing
+//     connection) and up a moment later: the password is in no line of
+//     the gateway's log, nor of the `caddy-cx announce` sidecar's given
+//     the same url;
+//   - `token {env.NATS_TOKEN}`: the gateway connects with the token from
+//     its environment, and neither GET /config/ nor its log holds it.
+func TestTrustSecretsStayOut(t *testing.T) {
+	t.Run("user info in the url", func(t *testing.T) {
+		const password = "Pw-7d1f0c2e9b"
+		port := freePort(t)
+		n := startNATSArgs(t, port, "--user", "cxuser", "--pass", password)
+		url := fmt.Sprintf("nats://cxuser:%s@127.0.0.1:%d", password, port)
+		gw := startGateway(t, trustCaddyfile(url, "", loopbackNets, ""))
+		gw.waitLog(t, 5*time.Second, "the failing NATS connection logged", func(e logEntry) bool {
+			return strings.Contains(strings.ToLower(e.Str("msg")), "nats")
+		})
+		n.Restart()
+		startBackend(t, "app1", url, 0)
+		waitRoutedTo(t, gw, "app1")
+
+		side := newProc(t, "announce", bins.caddy, "announce", "--nats", fmt.Sprintf("nats://cxuser:%s@127.0.0.1:%d", password, freePort(t)),
+			"--id", "side", "--url", "http://127.0.0.1:9")
+		if err := side.start(nil); err != nil {
+			t.Fatal(err)
+		}
+		poll(2*time.Second, func() bool { return side.exited() || strings.Count(side.Log(), "\n") > 2 })
+		side.Kill()
+
+		gwLeaks := strings.Count(gw.Log(), password)
+		sideLeaks := strings.Count(side.Log(), password)
+		t.Logf("measured: gateway log lines with the password: %d; sidecar: %d", gwLeaks, sideLeaks)
+		if gwLeaks > 0 {
+			t.Errorf("the gateway logged the NATS password %d times, e.g.: %s", gwLeaks, lineWith(gw.Log(), password))
+		}
+		if sideLeaks > 0 {
+			t.Errorf("the announce sidecar logged the NATS password %d times, e.g.: %s", sideLeaks, lineWith(side.Log(), password))
+		}
+	})
+
+	t.Run("token from the environment", func(t *testing.T) {
+		const token = "Tok-4a9e61b30c"
+		n := startNATSArgs(t, freePort(t), "--auth", token)
+		n.Restart()
+		t.Setenv("NATS_TOKEN", token)
+		tokenURL := fmt.Sprintf("nats://%s@127.0.0.1:%d", token, n.Port)
+		startBackend(t, "app1", tokenURL, 0)
+		gw := startGateway(t, trustCaddyfile(n.URL, "token {env.NATS_TOKEN}", loopbackNets, ""))
+		connected := poll(5*time.Second, func() bool {
+			inst, status, err := get(&http.Client{Timeout: time.Second}, gw.URL+"/")
+			return err == nil && status == 200 && inst == "app1"
+		})
+		cfg := adminConfig(t, gw)
+		inConfig, inLog := strings.Contains(cfg, token), strings.Count(gw.Log(), token)
+		t.Logf("measured: gateway connected with token {env.NATS_TOKEN}: %s; token in GET /config/: %s; log lines with it: %d",
+			yes(connected), yes(inConfig), inLog)
+		if !connected {
+			t.Errorf("the gateway did not connect to NATS with `token {env.NATS_TOKEN}` (the placeholder is not resolved)")
+			// What an operator does instead today: the token in the Caddyfile.
+			gw.Kill()
+			lit := startGateway(t, trustCaddyfile(n.URL, "token "+token, loopbackNets, ""))
+			t.Logf("measured: with the token written in the Caddyfile, token in GET /config/: %s", yes(strings.Contains(adminConfig(t, lit), token)))
+		}
+		if inConfig {
+			t.Errorf("GET /config/ holds the NATS token")
+		}
+		if inLog > 0 {
+			t.Errorf("the gateway logged the NATS token: %s", lineWith(gw.Log(), token))
+		}
+	})
+}
+
+// lineWith returns the first line of log containing s, shortened.
+func lineWith(log, s string) string {
+	for line := range strings.SplitSeq(log, "\n") {
+		if strings.Contains(line, s) {
+			return truncate(line, 300)
+		}
+	}
+	return ""
+}
+
+// ------------------------------------------------------- 9: bounds
+
+// TestTrustBoundsUnderHostileInput checks that what an attacker
+// announces cannot grow the gateway's output without bound, each under a
+// steady load that app1 serves in full:
+//
+//   - role labels: 12 pairs of instances, each pair claiming the same 16
+//     leader roles (192 conflicting roles): the role label of the metrics
+//     takes at most 65 values (64 and `other`);
+//   - a 3.7 KB heartbeat of `<` (meta values and version): the status
+//     JSON grows by at most twice the heartbeat's size (not ~21 KB), and
+//     both status endpoints answer 200;
+//   - id conflicts: two processes of one id alternating at 50 messages/s
+//     for 3s: at most 10 "instance id conflict" log lines.
+func TestTrustBoundsUnderHostileInput(t *testing.T) {
+	t.Run("role labels", func(t *testing.T) {
+		r := startTrustRig(t, loopbackNets, "")
+		gw := r.gw
+		wire := startTripwire(t, "127.0.0.1")
+		load := startLoad(t, gw.URL+"/", lightLoad)
+		load.waitServed(t, 5*time.Second, "app1", 10, time.Time{})
+		const pairs, perPair = 12, 16
+		var fakes []fakeHB
+		for p := range pairs {
+			roles := make([]string, perPair)
+			for k := range roles {
+				roles[k] = fmt.Sprintf("role-%02d-%02d", p, k)
+			}
+			for _, side := range []string{"a", "b"} {
+				hb := newFake(fmt.Sprintf("roles%02d%s", p, side), "http://"+wire.Addr, 1000)
+				hb.LeaderRoles = roles
+				fakes = append(fakes, hb)
+			}
+		}
+		distinct := 0
+		for round := range 5 {
+			for _, hb := range fakes {
+				hb.Seq = int64(round + 1)
+				if err := r.nc.Publish("cx.ha.hb."+hb.ID, hb.encode()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			_ = r.nc.Flush()
+			time.Sleep(200 * time.Millisecond)
+			distinct = max(distinct, roleLabels(t, gw))
+		}
+		rs := load.Stop()
+		t.Logf("measured: %d conflicting roles announced; distinct role label values on /metrics: %d; load %s",
+			pairs*perPair, distinct, rs.Summary())
+		if distinct > 65 {
+			t.Errorf("the metrics carry %d distinct role label values; want at most 65 (64 and other)", distinct)
+		}
+		checkVictimServed(t, rs, "app1")
+		gw.checkStatus(t, "after the attack")
+	})
+
+	t.Run("heartbeat of <", func(t *testing.T) {
+		r := startTrustRig(t, loopbackNets, "")
+		gw := r.gw
+		wire := startTripwire(t, "127.0.0.1")
+		_, base, _ := statusGet("http://" + gw.AdminAddr + "/cx/instances")
+		hb := newFake("lt", "http://"+wire.Addr, 1000)
+		hb.Version = strings.Repeat("<", 64)
+		hb.Meta = map[string]string{}
+		for k := range 13 {
+			hb.Meta[fmt.Sprintf("k%02d", k)] = strings.Repeat("<", 256)
+		}
+		size := len(hb.encode())
+		publish(t, r.nc, hb)
+		waitFor(t, 5*time.Second, "lt to be listed or rejected", func() bool {
+			_, st, _, _, _, ok := gw.checkStatusQuiet().instance("lt")
+			return (ok && st != "") || gw.rejectLogged("", "lt")
+		})
+		grown := map[string]int{}
+		for name, url := range gw.statusEndpoints() {
+			code, body, err := statusGet(url)
+			if err != nil || code != http.StatusOK {
+				t.Errorf("%s answered %d (err %v)", name, code, err)
+				continue
+			}
+			grown[name] = len(body) - len(base)
+		}
+		t.Logf("measured: a heartbeat of %d bytes grew the status JSON by %v bytes", size, grown)
+		for name, g := range grown {
+			if g > 2*size {
+				t.Errorf("%s grew by %d bytes for a heartbeat of %d bytes (%.1fx); want at most 2x", name, g, size, float64(g)/float64(size))
+			}
+		}
+	})
+
+	t.Run("id conflict log", func(t *testing.T) {
+		r := startTrustRig(t, loopbackNets, "")
+		gw := r.gw
+		wire := startTripwire(t, "127.0.0.1")
+		load := startLoad(t, gw.URL+"/", lightLoad)
+		load.waitServed(t, 5*time.Second, "app1", 10, time.Time{})
+		older, newer := time.Now().Add(-time.Minute), time.Now().Add(-30*time.Second)
+		sent := publishFor(t, r.nc, 20*time.Millisecond, 3*time.Second, func(i int) fakeHB {
+			hb := newFake("dup", "http://"+wire.Addr, 1000)
+			hb.StartedAt, hb.Seq = rfc3339(older), int64(i/2+1)
+			if i%2 == 1 {
+				hb.StartedAt = rfc3339(newer)
+			}
+			return hb
+		})
+		rs := load.Stop()
+		lines := 0
+		for _, e := range logEntries(gw.logPath) {
+			if e.Str("msg") == "instance id conflict" {
+				lines++
+			}
+		}
+		t.Logf("measured: %d messages of two processes of one id; \"instance id conflict\" log lines: %d; load %s", sent, lines, rs.Summary())
+		if lines > 10 {
+			t.Errorf("%d id conflict log lines for one conflict in 3s; want at most 10 (rate-limited)", lines)
+		}
+		checkVictimServed(t, rs, "app1")
+		gw.checkStatus(t, "after the attack")
+	})
+}
+
+// roleLabels counts the distinct values of the label role over the
+// gateway's caddy_cx_ metrics.
+func roleLabels(t testing.TB, g *gateway) int {
+	t.Helper()
+	ms, err := g.metrics()
+	if err != nil {
+		t.Errorf("reading /metrics: %v", err)
+		return 0
+	}
+	seen := map[string]bool{}
+	for _, s := range ms {
+		if v, ok := s.Labels["role"]; ok && strings.HasPrefix(s.Name, "caddy_cx_") {
+			seen[v] = true
+		}
+	}
+	return len(seen)
+}
