@@ -403,3 +403,64 @@ func checkVictimServed(t testing.TB, rs results, id string) string {
 	}
 	return fmt.Sprintf("%d requests, %d errors, served by %v", len(rs), len(errs), by)
 }
+
+// gatewayWatch samples the gateway's file descriptors and RSS every 5ms
+// and its goroutines every 50ms, from a baseline taken at its start.
+type gatewayWatch struct {
+	gw                   *gateway
+	fd0, goroutines0     int
+	rss0                 uint64
+	fds, rss, goroutines *peakSampler
+}
+
+// Bounds of what an attack may add to the gateway's resources.
+const (
+	watchFDs        = 100
+	watchRSS        = 50 << 20
+	watchGoroutines = 200
+)
+
+func watchGateway(t testing.TB, gw *gateway) *gatewayWatch {
+	t.Helper()
+	pid := gw.Pid()
+	w := &gatewayWatch{gw: gw, fd0: fdCount(pid), goroutines0: goroutineCount(gw)}
+	w.rss0, _ = rssOf(pid)
+	w.fds = samplePeak(5*time.Millisecond, func() int64 { return int64(fdCount(pid)) })
+	w.rss = samplePeak(5*time.Millisecond, func() int64 { v, _ := rssOf(pid); return int64(v) })
+	w.goroutines = samplePeak(50*time.Millisecond, func() int64 { return int64(goroutineCount(gw)) })
+	t.Cleanup(func() { w.fds.stop(); w.rss.stop(); w.goroutines.stop() })
+	return w
+}
+
+// check stops sampling, logs the peaks and asserts the bounds.
+func (w *gatewayWatch) check(t testing.TB) {
+	t.Helper()
+	fds, rss, gs := w.fds.stop(), w.rss.stop(), w.goroutines.stop()
+	t.Logf("measured: gateway fds %d before, peak %d; RSS %.1f MiB before, peak %.1f MiB; goroutines %d before, peak %d",
+		w.fd0, fds, mib(w.rss0), mib(uint64(rss)), w.goroutines0, gs)
+	if fds > int64(w.fd0+watchFDs) {
+		t.Errorf("the gateway's file descriptors peaked at %d, %d before the attack (limit +%d)", fds, w.fd0, watchFDs)
+	}
+	if rss > int64(w.rss0+watchRSS) {
+		t.Errorf("the gateway's RSS peaked at %.1f MiB, %.1f MiB before the attack (limit +%.0f MiB)", mib(uint64(rss)), mib(w.rss0), mib(watchRSS))
+	}
+	if gs > int64(w.goroutines0+watchGoroutines) {
+		t.Errorf("the gateway's goroutines peaked at %d, %d before the attack (limit +%d)", gs, w.goroutines0, watchGoroutines)
+	}
+}
+
+// goroutineCount reads the gateway's goroutine count from the admin
+// API's goroutine profile (-1 if it cannot).
+func goroutineCount(g *gateway) int {
+	c := &http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get("http://" + g.AdminAddr + "/debug/pprof/goroutine?debug=1")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	var n int
+	if _, err := fmt.Fscanf(resp.Body, "goroutine profile: total %d", &n); err != nil {
+		return -1
+	}
+	return n
+}
