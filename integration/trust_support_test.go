@@ -213,13 +213,14 @@ type statusDoc struct {
 		NATSConnected bool     `json:"nats_connected"`
 		Primary       []string `json:"primary"`
 		Instances     []struct {
-			ID                string `json:"id"`
-			URL               string `json:"url"`
-			State             string `json:"state"`
-			StartedAt         string `json:"started_at"`
-			Priority          int    `json:"priority"`
-			AnnouncedPriority int    `json:"announced_priority"`
-			Primary           bool   `json:"primary"`
+			ID                string  `json:"id"`
+			URL               string  `json:"url"`
+			State             string  `json:"state"`
+			StartedAt         string  `json:"started_at"`
+			Priority          int     `json:"priority"`
+			AnnouncedPriority int     `json:"announced_priority"`
+			Primary           bool    `json:"primary"`
+			HeartbeatAge      float64 `json:"heartbeat_age_seconds"`
 		} `json:"instances"`
 	} `json:"services"`
 }
@@ -463,4 +464,17 @@ func goroutineCount(g *gateway) int {
 		return -1
 	}
 	return n
+}
+
+// heartbeatAge is the age of id's last accepted heartbeat on the admin
+// API's status JSON (-1 if not listed).
+func (d statusDoc) heartbeatAge(id string) float64 {
+	for _, s := range d.Services {
+		for _, in := range s.Instances {
+			if in.ID == id {
+				return in.HeartbeatAge
+			}
+		}
+	}
+	return -1
 }

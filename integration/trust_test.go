@@ -290,7 +290,9 @@ func victimStartedAt(t testing.TB, gw *gateway) string {
 //   - leaving from the future: one `leaving` with started_at 100 years
 //     ahead: rejected with reason clock;
 //   - older process flood: 50 messages/s for 3s with a started_at an hour
-//     before app1's: they do not use up app1's rate budget.
+//     before app1's (and interval_ms 60000, the slowest rate budget): they
+//     do not use up app1's rate budget (app1's
+//     heartbeats stay heard: their age stays under 800ms).
 func TestTrustIdentityTakeover(t *testing.T) {
 	cases := []struct {
 		name   string
@@ -315,11 +317,25 @@ func TestTrustIdentityTakeover(t *testing.T) {
 			if err != nil {
 				t.Fatalf("app1's started_at %q: %v", started, err)
 			}
+			// app1 heartbeats every 200ms: while its heartbeats are heard,
+			// the age of the last one stays well under 800ms.
+			var maxAge atomic.Int64 // ms
+			ages := startSampler(20*time.Millisecond, func() {
+				if age := r.gw.checkStatusQuiet().heartbeatAge("app1"); age >= 0 && int64(age*1000) > maxAge.Load() {
+					maxAge.Store(int64(age * 1000))
+				}
+			})
 			publishFor(t, r.nc, 20*time.Millisecond, 3*time.Second, func(i int) fakeHB {
 				hb := newFake("app1", "http://"+wire.Addr, 0)
 				hb.StartedAt, hb.Seq = rfc3339(at.Add(-time.Hour)), int64(i+1)
+				hb.IntervalMS = 60000 // the slowest rate a publisher may claim
 				return hb
 			})
+			ages.stop()
+			t.Logf("measured: app1's heartbeat age peaked at %dms during the flood (it heartbeats every 200ms)", maxAge.Load())
+			if maxAge.Load() >= 800 {
+				t.Errorf("app1's heartbeats went unheard for %dms during the older process's flood: its rate budget was spent on the flood", maxAge.Load())
+			}
 		}, ""},
 	}
 	for _, tc := range cases {
