@@ -13,9 +13,14 @@
 //	POST /admin/fail?ms=N  every non-admin path answers 503 for N ms
 //	GET  /admin/count    JSON: requests served per path (admin paths excluded)
 //	GET  /admin/conns    JSON: {"opened":N,"open":M} TCP connections accepted so far / open now
+//	PUT  /store          reads the whole body, records it, answers `bodylen=N sha256=HEX`;
+//	                     with --reset-after-body it resets the connection instead of answering
+//	GET  /admin/bodies   JSON: every body PUT /store received: its length, SHA-256, the
+//	                     X-Expect-Len header the client sent and the read error, if any
 //
 // Flags: --id, --listen, --nats, --prefix, --priority, --interval,
-// --version, --shutdown-timeout, --debug (log every heartbeat).
+// --version, --shutdown-timeout, --debug (log every heartbeat),
+// --reset-after-body.
 //
 // Every response carries `X-Instance: <id>` and `X-Process: <pid>`. SIGTERM/SIGINT announce
 // leaving, finish in-flight requests and exit 0; SIGUSR1 announces
@@ -24,6 +29,8 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -56,6 +63,7 @@ func main() {
 		version  = flag.String("version", "test", "announced version")
 		shutdown = flag.Duration("shutdown-timeout", 30*time.Second, "how long SIGTERM waits for in-flight requests")
 		debug    = flag.Bool("debug", false, "log every heartbeat")
+		reset    = flag.Bool("reset-after-body", false, "PUT /store resets the connection after reading the whole body")
 	)
 	flag.Parse()
 	level := slog.LevelInfo
@@ -68,7 +76,7 @@ func main() {
 		os.Exit(2)
 	}
 
-	b := &backend{id: *id, pid: strconv.Itoa(os.Getpid()), counts: map[string]int64{}}
+	b := &backend{id: *id, pid: strconv.Itoa(os.Getpid()), counts: map[string]int64{}, resetAfterBody: *reset}
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		log.Error("listen", "error", err)
@@ -177,8 +185,52 @@ type backend struct {
 	failUntil atomic.Int64 // unix nanos
 	total     atomic.Int64
 
+	// resetAfterBody: PUT /store resets the connection once it has read
+	// the body, as a primary that dies mid-request.
+	resetAfterBody bool
+
 	mu     sync.Mutex
 	counts map[string]int64
+	bodies []bodyRecord
+}
+
+// bodyRecord is one body PUT /store received.
+type bodyRecord struct {
+	Len       int64  `json:"len"`
+	SHA256    string `json:"sha256"`
+	ExpectLen string `json:"expect_len"` // the client's X-Expect-Len header
+	Err       string `json:"err,omitempty"`
+}
+
+// store reads the whole body and records it; then it answers, or resets
+// the connection (--reset-after-body).
+func (b *backend) store(w http.ResponseWriter, r *http.Request) {
+	h := sha256.New()
+	n, err := io.Copy(h, r.Body)
+	rec := bodyRecord{Len: n, SHA256: hex.EncodeToString(h.Sum(nil)), ExpectLen: r.Header.Get("X-Expect-Len")}
+	if err != nil {
+		rec.Err = err.Error()
+	}
+	b.mu.Lock()
+	b.bodies = append(b.bodies, rec)
+	b.mu.Unlock()
+	if b.resetAfterBody {
+		resetConn(w)
+		return
+	}
+	fmt.Fprintf(w, "bodylen=%d sha256=%s", rec.Len, rec.SHA256)
+}
+
+// resetConn closes the request's connection with a TCP reset (SO_LINGER 0).
+func resetConn(w http.ResponseWriter) {
+	conn, _, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		panic(http.ErrAbortHandler)
+	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	_ = conn.Close()
 }
 
 func (b *backend) connState(_ net.Conn, st http.ConnState) {
@@ -223,6 +275,14 @@ func (b *backend) routes() http.Handler {
 	mux.HandleFunc("GET /admin/count", func(w http.ResponseWriter, r *http.Request) {
 		b.mu.Lock()
 		data, _ := json.Marshal(b.counts)
+		b.mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(data)
+	})
+	mux.HandleFunc("PUT /store", b.store)
+	mux.HandleFunc("GET /admin/bodies", func(w http.ResponseWriter, r *http.Request) {
+		b.mu.Lock()
+		data, _ := json.Marshal(append([]bodyRecord{}, b.bodies...))
 		b.mu.Unlock()
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(data)
