@@ -174,3 +174,19 @@ func pub(t *testing.T, kp nkeys.KeyPair) string {
 	}
 	return p
 }
+
+// TestNATSTemplateNameMustBeAnID is why docs/nats-permissions.md says to
+// name instance users with their id only: the template is text
+// substitution, so a user named `*` issued with the instance key may
+// publish any id's heartbeat. The signing key's holder decides names.
+func TestNATSTemplateNameMustBeAnID(t *testing.T) {
+	o := newOperatorSetup(t)
+	s := o.start(t)
+	gw := connect(t, s, "gateway", o.user(t, "gateway", "gateway-1"))
+	heartbeats := gw.subscribe(t, "cx.ha.hb.*")
+	wild := connect(t, s, "*", o.user(t, "instance", "*"))
+	wild.publish(t, "cx.ha.hb.app2", "as app2")
+	if m := next(t, heartbeats, "the wildcard user's heartbeat"); m.Subject != "cx.ha.hb.app2" {
+		t.Errorf("gateway got %s, want the forged cx.ha.hb.app2", m.Subject)
+	}
+}
