@@ -2,15 +2,20 @@ package deploy
 
 import (
 	"encoding/json"
+	"net"
+	"net/http"
 	"net/url"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/caddy-cx/caddy-cx/internal/natstest"
 )
 
 // The examples are safe by default: these tests keep them so.
@@ -290,4 +295,99 @@ func adaptedCaddyfile(t *testing.T, file string) adapted {
 		t.Fatal(err)
 	}
 	return a
+}
+
+// TestStatusPageAsksForPassword runs Caddyfile.example and deploy/Caddyfile
+// for real (their sites moved to a loopback port, NATS a test server):
+// /ha, page or JSON, answers 401 without the password and 200 with it.
+func TestStatusPageAsksForPassword(t *testing.T) {
+	ns := natstest.Start(t, nil)
+	t.Setenv("CX_GATEWAY_PASSWORD", "gateway-pw")
+	// The hash of "secret" (the password Caddyfile.example documents) at
+	// bcrypt cost 4: Caddyfile.example's own hash has cost 14, a second
+	// per comparison, so that file gets only the one it needs.
+	t.Setenv("CX_HA_PASSWORD_HASH", "$2a$04$IeWT3PZfUkb/0ftGMKg2o.sGzFQJzw3Eh9IEQjxyLTDAye1r8GIwG")
+	type try struct {
+		accept, user, password string
+		want                   int
+	}
+	refused := []try{
+		{"text/html", "", "", http.StatusUnauthorized},
+		{"application/json", "", "", http.StatusUnauthorized},
+	}
+	for file, tries := range map[string][]try{
+		"../Caddyfile.example": slices.Concat(refused, []try{{"application/json", "admin", "secret", http.StatusOK}}),
+		"Caddyfile": slices.Concat(refused, []try{
+			{"application/json", "admin", "wrong", http.StatusUnauthorized},
+			{"application/json", "admin", "secret", http.StatusOK},
+			{"text/html", "admin", "secret", http.StatusOK},
+		}),
+	} {
+		base := runCaddyfile(t, file, ns.ClientURL())
+		for _, c := range tries {
+			req, _ := http.NewRequest(http.MethodGet, base+"/ha", nil)
+			req.Header.Set("Accept", c.accept)
+			if c.user != "" {
+				req.SetBasicAuth(c.user, c.password)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != c.want {
+				t.Errorf("%s: GET /ha (%s) as %q/%q: %d, want %d", file, c.accept, c.user, c.password, resp.StatusCode, c.want)
+			}
+		}
+		if err := caddy.Stop(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// runCaddyfile loads file into this process's Caddy with its listeners on
+// one loopback port, the admin API off and NATS at natsURL, and returns
+// the site's base URL once it answers.
+func runCaddyfile(t *testing.T, file, natsURL string) string {
+	t.Helper()
+	cfgJSON, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(read(t, file)), map[string]any{"filename": file})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg map[string]any
+	if err := json.Unmarshal(cfgJSON, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	cfg["admin"] = map[string]any{"disabled": true, "config": map[string]any{"persist": false}}
+	apps := cfg["apps"].(map[string]any)
+	apps["cx"].(map[string]any)["nats"] = []string{natsURL}
+	for _, srv := range apps["http"].(map[string]any)["servers"].(map[string]any) {
+		srv.(map[string]any)["listen"] = []string{addr}
+	}
+	out, err := json.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := caddy.Load(out, true); err != nil {
+		t.Fatalf("%s: %v", file, err)
+	}
+	t.Cleanup(func() { _ = caddy.Stop() })
+	deadline := time.Now().Add(wait)
+	for {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+			return "http://" + addr
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not listening on %s: %v", file, addr, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
