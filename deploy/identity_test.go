@@ -3,6 +3,7 @@ package deploy
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/nats-io/jwt/v2"
@@ -188,5 +189,24 @@ func TestNATSTemplateNameMustBeAnID(t *testing.T) {
 	wild.publish(t, "cx.ha.hb.app2", "as app2")
 	if m := next(t, heartbeats, "the wildcard user's heartbeat"); m.Subject != "cx.ha.hb.app2" {
 		t.Errorf("gateway got %s, want the forged cx.ha.hb.app2", m.Subject)
+	}
+}
+
+// TestDocsShowTheTestedTemplates: the nsc lines of docs/nats-permissions.md
+// set the roles and templates the tests above prove.
+func TestDocsShowTheTestedTemplates(t *testing.T) {
+	doc := read(t, "../docs/nats-permissions.md")
+	lines := map[string]string{
+		"instance": `--role instance \` + "\n" + `  --allow-pub 'cx.ha.hb.{{name()}}' --allow-sub cx.ha.discover`,
+		"gateway":  `--role gateway \` + "\n" + `  --allow-pub cx.ha.discover --allow-sub 'cx.ha.hb.*'`,
+		"app":      `--role app \` + "\n" + `  --allow-pubsub '>' --deny-pubsub 'cx.ha.>'`,
+	}
+	for role, line := range lines {
+		if _, tested := roleTemplates[role]; !tested || !strings.Contains(doc, line) {
+			t.Errorf("docs/nats-permissions.md does not set role %s as tested:\n%s", role, line)
+		}
+	}
+	if len(lines) != len(roleTemplates) {
+		t.Errorf("tested roles %d, documented %d", len(roleTemplates), len(lines))
 	}
 }
