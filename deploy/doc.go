@@ -1,5 +1,7 @@
 // Package deploy holds no code: its tests keep the deployment files
-// consistent and working (docker-compose.yml, Dockerfile, deploy/Caddyfile,
-// the NATS configurations under deploy/nats and xcaddy.json), starting a
-// real NATS server with the permissions configuration.
+// consistent, working and safe by default (docker-compose.yml, Dockerfile,
+// deploy/Caddyfile, Caddyfile.example, the NATS configurations under
+// deploy/nats and xcaddy.json). They start real NATS servers with the
+// shipped permissions and with the JWT scoped-signing-key form, and prove
+// an instance's user cannot publish another instance's heartbeats.
 package deploy

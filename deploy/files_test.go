@@ -75,16 +75,33 @@ type service struct {
 	DependsOn   map[string]any    `yaml:"depends_on"`
 }
 
-func compose(t *testing.T) map[string]service {
+// composeFile is what the test reads of docker-compose.yml.
+type composeFile struct {
+	Services map[string]service `yaml:"services"`
+	Volumes  map[string]any     `yaml:"volumes"`
+	Networks struct {
+		Default struct {
+			IPAM struct {
+				Config []struct {
+					Subnet string `yaml:"subnet"`
+				} `yaml:"config"`
+			} `yaml:"ipam"`
+		} `yaml:"default"`
+	} `yaml:"networks"`
+}
+
+func composeAll(t *testing.T) composeFile {
 	t.Helper()
-	var c struct {
-		Services map[string]service `yaml:"services"`
-		Volumes  map[string]any     `yaml:"volumes"`
-	}
+	var c composeFile
 	if err := yaml.Unmarshal([]byte(read(t, "../docker-compose.yml")), &c); err != nil {
 		t.Fatalf("docker-compose.yml: %v", err)
 	}
-	return c.Services
+	return c
+}
+
+func compose(t *testing.T) map[string]service {
+	t.Helper()
+	return composeAll(t).Services
 }
 
 // TestCompose checks docker-compose.yml against the files it uses: the
@@ -208,8 +225,9 @@ func checkSidecar(t *testing.T, app string, services map[string]service) {
 		t.Errorf("%s announces id %q url %q; want %s's", name, cfg.ID, cfg.URL, app)
 	}
 	checkNATSURL(t, name, cfg.NATS, services)
-	if appNATS := services[app].Environment["Nats__Url"]; appNATS != cfg.NATS {
-		t.Errorf("%s: CX_NATS %q, but %s uses %q", name, cfg.NATS, app, appNATS)
+	appNATS := composeURL(t, app+": Nats__Url", services[app].Environment["Nats__Url"])
+	if sidecarNATS, _ := url.Parse(cfg.NATS); appNATS.Host != sidecarNATS.Host {
+		t.Errorf("%s: CX_NATS %q, but %s uses %s", name, cfg.NATS, app, appNATS.Host)
 	}
 	if _, ok := s.DependsOn["nats"]; !ok {
 		t.Errorf("%s does not depend on nats", name)
