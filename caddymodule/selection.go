@@ -72,6 +72,8 @@ type triedSet struct {
 	marked int // how many of dials were marked failed already
 	// lastOutcome is how the latest try ended, as the cx transport saw it.
 	lastOutcome string
+	// body is the latest try's request body, as the cx transport sent it.
+	body *attemptBody
 }
 
 func (t *triedSet) has(dial string) bool {
@@ -153,7 +155,13 @@ func selectTiered(pool reverseproxy.UpstreamPool, r *http.Request, turn *uint64,
 		p.health = info.svc.health
 		p.svc = info.svc
 	}
-	p.markFailures()
+	// A body stream a try already read cannot be sent whole again: the
+	// request ends with the error of that try.
+	resend := p.tried.mayResend(r.Body)
+	p.markFailures(resend)
+	if !resend {
+		return nil
+	}
 	for _, lenient := range []bool{false, true} {
 		p.lenient = lenient
 		start := 0
@@ -172,14 +180,21 @@ func selectTiered(pool reverseproxy.UpstreamPool, r *http.Request, turn *uint64,
 	return nil
 }
 
-// markFailures marks every earlier pick of this request as failed.
-func (p *pick) markFailures() {
+// markFailures marks every earlier pick of this request as failed, and
+// counts the retry that follows unless there is none. A try the cx
+// transport refused to send (its body was spent) is no failure of the
+// instance.
+func (p *pick) markFailures(retrying bool) {
 	if p.health == nil {
 		return
 	}
-	for _, d := range p.tried.dials[p.tried.marked:] {
-		p.health.fail(d, p.now)
-		p.svc.countRetry(p.tried.lastOutcome)
+	if p.tried.lastOutcome != outcomeBodySpent {
+		for _, d := range p.tried.dials[p.tried.marked:] {
+			p.health.fail(d, p.now)
+			if retrying {
+				p.svc.countRetry(p.tried.lastOutcome)
+			}
+		}
 	}
 	p.tried.marked = len(p.tried.dials)
 }
