@@ -42,7 +42,7 @@ const (
 // and closes it from its own goroutines, possibly after RoundTrip returned,
 // hence the atomic state.
 type attemptBody struct {
-	io.ReadCloser       // the body reverse_proxy handed this try
+	io.ReadCloser // the body reverse_proxy handed this try
 	state         atomic.Int32
 }
 

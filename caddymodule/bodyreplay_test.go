@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -261,4 +262,122 @@ func TestUnreadBodyIsRetriedWhole(t *testing.T) {
 			t.Logf("%s %d bytes after an unread 503: status %d", tc.method, tc.size, code)
 		}
 	})
+}
+
+// triesAndRetries sums the tries counted for id and the retries counted
+// for svc.
+func triesAndRetries(svc *Service, id string) (tries, retries uint64) {
+	for i := range svc.stats.instance(id).codes {
+		tries += svc.stats.instance(id).codes[i].Load()
+	}
+	svc.stats.retries.Range(func(_, v any) bool {
+		retries += v.(*atomic.Uint64).Load()
+		return true
+	})
+	return tries, retries
+}
+
+func TestRefusedReplayIsNoTryNorRetry(t *testing.T) {
+	for _, tc := range []struct {
+		name, site string
+		size       int
+		replayed   bool
+	}{
+		{"cx_failover buffered", bodyReplaySite, kib, true},
+		{"cx_failover streamed", bodyReplaySite, 100 * kib, false},
+		// A policy that would pick the primary again: the cx transport
+		// itself refuses to send the spent body.
+		{"first streamed", "http://127.0.0.1:{PORT} {\n\tcx_proxy {\n\t\tlb_policy first\n\t}\n}", 100 * kib, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			primary := startBodyBackend(t, "app1", "reset")
+			base, backup := bodyFailover(t, tc.site, primary.url)
+			svc := serviceOf(t, heartbeat.DefaultPrefix)
+			tries1, retries := triesAndRetries(svc, "app1")
+			tries2, _ := triesAndRetries(svc, "app2")
+			body := randomBody(t, tc.size)
+			code, _ := sendBody(t, "PUT", base, body, true)
+			assertWhole(t, "primary", primary.bodies(), body)
+			assertWhole(t, "backup", backup.bodies(), body)
+			after1, afterRetries := triesAndRetries(svc, "app1")
+			after2, _ := triesAndRetries(svc, "app2")
+			want2, wantRetries, wantCode := uint64(0), uint64(0), http.StatusBadGateway
+			if tc.replayed {
+				want2, wantRetries, wantCode = 1, 1, http.StatusOK
+			}
+			if code != wantCode || after1-tries1 != 1 || after2-tries2 != want2 || afterRetries-retries != wantRetries {
+				t.Fatalf("status %d (want %d); tries counted: app1 %d (want 1), app2 %d (want %d); retries %d (want %d)",
+					code, wantCode, after1-tries1, after2-tries2, want2, afterRetries-retries, wantRetries)
+			}
+			if len(primary.bodies()) != 1 {
+				t.Fatalf("primary read %d bodies, want 1", len(primary.bodies()))
+			}
+		})
+	}
+}
+
+func TestCxTransportRefusesSpentBodyBehindStaticUpstreams(t *testing.T) {
+	primary := startBodyBackend(t, "app1", "reset")
+	backup := startBodyBackend(t, "app2", "ok")
+	site := fmt.Sprintf("http://127.0.0.1:{PORT} {\n\treverse_proxy %s %s {\n\t\tlb_policy first\n\t\tlb_retries 3\n\t\tlb_retry_match {\n\t\t\tmethod PUT\n\t\t}\n\t\trequest_buffers 64KiB\n\t\ttransport cx\n\t}\n}",
+		strings.TrimPrefix(primary.url, "http://"), strings.TrimPrefix(backup.url, "http://"))
+	base := gateway(t, startNATS(t), site)
+	body := randomBody(t, 100*kib)
+	code, _ := sendBody(t, "PUT", base, body, false)
+	assertWhole(t, "primary", primary.bodies(), body)
+	assertWhole(t, "backup", backup.bodies(), body)
+	if code != http.StatusBadGateway || len(primary.bodies()) != 1 || len(backup.bodies()) != 0 {
+		t.Fatalf("status %d, primary read %d bodies, backup %d: want 502 after one try", code, len(primary.bodies()), len(backup.bodies()))
+	}
+}
+
+func TestAttemptBodyHandsOverOnlyAnUnreadStream(t *testing.T) {
+	for range 200 {
+		src := io.NopCloser(strings.NewReader("payload"))
+		b := &attemptBody{ReadCloser: src}
+		var n int
+		var readErr error
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			n, readErr = b.Read(make([]byte, 16))
+		}()
+		sealed := b.seal()
+		<-done
+		// Exactly one of them owns the stream.
+		if sealed == (n > 0) || sealed != (readErr == errBodyTaken) {
+			t.Fatalf("sealed %v, read %d bytes, error %v", sealed, n, readErr)
+		}
+	}
+}
+
+// sliceBody is a body type whose values cannot be compared.
+type sliceBody struct{ b []byte }
+
+func (sliceBody) Read([]byte) (int, error) { return 0, io.EOF }
+func (sliceBody) Close() error             { return nil }
+
+// boxBody is comparable, but may hold an incomparable value.
+type boxBody struct{ io.ReadCloser }
+
+func TestSameBody(t *testing.T) {
+	r := strings.NewReader("x")
+	stream := io.NopCloser(r)
+	for _, tc := range []struct {
+		name string
+		a, b io.ReadCloser
+		want bool
+	}{
+		{"one stream", stream, stream, true},
+		{"same reader rewrapped", io.NopCloser(r), io.NopCloser(r), true},
+		{"fresh readers over one buffer", io.NopCloser(bytes.NewReader(nil)), io.NopCloser(bytes.NewReader(nil)), false},
+		{"other types", stream, http.NoBody, false},
+		{"incomparable type", sliceBody{}, sliceBody{}, true},
+		{"incomparable inside", boxBody{sliceBody{}}, boxBody{sliceBody{}}, true},
+		{"distinct pointers", &boxBody{}, &boxBody{}, false},
+	} {
+		if got := sameBody(tc.a, tc.b); got != tc.want {
+			t.Errorf("%s: sameBody = %v, want %v", tc.name, got, tc.want)
+		}
+	}
 }
