@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"net/http"
@@ -46,10 +47,14 @@ type attemptBody struct {
 	state         atomic.Int32
 }
 
-// Read notes that the stream is being consumed, unless a later try has
-// taken it over, in which case nothing is read from it.
+// take notes that the stream is being consumed; false if a later try has
+// taken it over, in which case nothing may be read from it.
+func (b *attemptBody) take() bool {
+	return b.state.Load() == bodyRead || b.state.CompareAndSwap(bodyUnread, bodyRead)
+}
+
 func (b *attemptBody) Read(p []byte) (int, error) {
-	if b.state.Load() != bodyRead && !b.state.CompareAndSwap(bodyUnread, bodyRead) {
+	if !b.take() {
 		return 0, errBodyTaken
 	}
 	return b.ReadCloser.Read(p)
@@ -74,13 +79,14 @@ func (b *attemptBody) seal() bool {
 // mayResend reports whether a try may send body, given the body of the
 // request's latest try: always if it is a different body (a fresh reader
 // over a whole buffer), and for the same stream only if no try read from
-// it, in which case the earlier try can no longer read from it.
+// it, in which case the earlier try can no longer read from it. The same
+// unwatched buffer reader again (reverse_proxy never does this) counts as
+// read.
 func (t *triedSet) mayResend(body io.ReadCloser) bool {
-	prev := t.body
-	if prev == nil || body == nil || body == http.NoBody || !sameBody(prev.ReadCloser, body) {
+	if t.body == nil || body == nil || body == http.NoBody || !sameBody(t.body, body) {
 		return true
 	}
-	return prev.seal()
+	return t.watch != nil && t.watch.seal()
 }
 
 // sameBody reports whether a and b may be the same body object. Only
@@ -104,10 +110,11 @@ func sameBody(a, b io.ReadCloser) (same bool) {
 	return a == b
 }
 
-// bodyForTry returns the body to send for this try of req: req.Body
-// wrapped to note reads, or nil if req has no body. It fails with
+// bodyForTry returns the body to send for this try of req: nil to send
+// req.Body as it is (none, or a reader over a whole buffer, which a retry
+// gets afresh), or req.Body wrapped to note reads. It fails with
 // errBodySpent, without any dial, if an earlier try read from the same
-// unbuffered body.
+// stream.
 func bodyForTry(req *http.Request) (*attemptBody, error) {
 	if req.Body == nil || req.Body == http.NoBody {
 		return nil, nil
@@ -117,7 +124,26 @@ func bodyForTry(req *http.Request) (*attemptBody, error) {
 		tried.lastOutcome = outcomeBodySpent
 		return nil, errBodySpent
 	}
-	b := &attemptBody{ReadCloser: req.Body}
-	tried.body = b
-	return b, nil
+	tried.body, tried.watch = req.Body, nil
+	// Go's transport sends a known in-memory body with the headers in one
+	// write; wrapped, it would flush the headers first.
+	if inMemory(req.Body) {
+		return nil, nil
+	}
+	tried.watch = &attemptBody{ReadCloser: req.Body}
+	return tried.watch, nil
+}
+
+// nopCloserWriterTo is the type of io.NopCloser(bytes.NewReader(buf)), the
+// body reverse_proxy gives each try of a request it buffered whole.
+var nopCloserWriterTo = reflect.TypeOf(io.NopCloser(bytes.NewReader(nil)))
+
+// inMemory reports whether body is a reader over a buffer: reading it
+// cannot cut a stream, and a retry is given a fresh one.
+func inMemory(body io.ReadCloser) bool {
+	if reflect.TypeOf(body) != nopCloserWriterTo {
+		return false
+	}
+	_, ok := reflect.ValueOf(body).Field(0).Interface().(*bytes.Reader)
+	return ok
 }

@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"io"
 	"net/http"
 	"sync/atomic"
 	"time"
@@ -72,8 +73,10 @@ type triedSet struct {
 	marked int // how many of dials were marked failed already
 	// lastOutcome is how the latest try ended, as the cx transport saw it.
 	lastOutcome string
-	// body is the latest try's request body, as the cx transport sent it.
-	body *attemptBody
+	// body is the request body the latest try sent, as the cx transport
+	// saw it; watch, if set, notes whether that try read from it.
+	body  io.ReadCloser
+	watch *attemptBody
 }
 
 func (t *triedSet) has(dial string) bool {
