@@ -14,11 +14,12 @@ import (
 // all of it: it then hands each try a fresh reader over the buffer. Any
 // other body (larger than the buffer, or not buffered at all) is one stream
 // that every try shares, so a retry after a try read from it would deliver
-// what is left: nothing, or the tail. The cx transport therefore wraps the
-// body of each try to learn whether that try read from it, and the cx
-// policies (and, as a backstop, the transport) refuse to send a shared
-// stream again once it was read. Tries that never read the body (a refused
-// dial, a 503 answered before the body was sent) may still be retried.
+// what is left: nothing, or the tail. The cx transport therefore wraps such
+// a stream for each try to learn whether that try read from it, and the cx
+// policies (and, as a backstop, the transport) refuse to send it again once
+// it was read. A try that never read it (a refused dial; rarely a 503 that
+// came back before Go's transport started on the body) may still be
+// retried, with the whole stream.
 
 // outcomeBodySpent is the outcome of a try the cx transport refused to send
 // because an earlier try of the request already read its body stream.
