@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"reflect"
 	"sync/atomic"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 // A request body may go to another instance only if that instance gets all
@@ -77,14 +79,34 @@ func (b *attemptBody) seal() bool {
 	return b.state.CompareAndSwap(bodyUnread, bodySealed) || b.state.Load() == bodySealed
 }
 
+// bodyTries is what the cx transport saw of the body of a request's
+// latest try. It is kept apart from triedSet so that requests without a
+// body carry none of it.
+type bodyTries struct {
+	// body is the body object the latest try sent.
+	body io.ReadCloser
+	// watch, if set, notes whether that try read from body.
+	watch *attemptBody
+}
+
+// bodyTriesOf returns what the cx transport noted of r's body; nil before
+// the first try with a body.
+func bodyTriesOf(r *http.Request) *bodyTries {
+	if r.Body == nil {
+		return nil
+	}
+	bt, _ := caddyhttp.GetVar(r.Context(), varBody).(*bodyTries)
+	return bt
+}
+
 // mayResend reports whether a try may send body, given the body of the
 // request's latest try: always if it is a different body (a fresh reader
 // over a whole buffer), and for the same stream only if no try read from
 // it, in which case the earlier try can no longer read from it. The same
 // unwatched buffer reader again (reverse_proxy never does this) counts as
 // read.
-func (t *triedSet) mayResend(body io.ReadCloser) bool {
-	if t.body == nil || body == nil || body == http.NoBody || !sameBody(t.body, body) {
+func (t *bodyTries) mayResend(body io.ReadCloser) bool {
+	if t == nil || body == nil || body == http.NoBody || !sameBody(t.body, body) {
 		return true
 	}
 	return t.watch != nil && t.watch.seal()
@@ -120,19 +142,23 @@ func bodyForTry(req *http.Request) (*attemptBody, error) {
 	if req.Body == nil || req.Body == http.NoBody {
 		return nil, nil
 	}
-	tried := triedOf(req)
-	if !tried.mayResend(req.Body) {
-		tried.lastOutcome = outcomeBodySpent
+	bt := bodyTriesOf(req)
+	if !bt.mayResend(req.Body) {
+		triedOf(req).lastOutcome = outcomeBodySpent
 		return nil, errBodySpent
 	}
-	tried.body, tried.watch = req.Body, nil
+	if bt == nil {
+		bt = new(bodyTries)
+		caddyhttp.SetVar(req.Context(), varBody, bt)
+	}
+	bt.body, bt.watch = req.Body, nil
 	// Go's transport sends a known in-memory body with the headers in one
 	// write; wrapped, it would flush the headers first.
 	if inMemory(req.Body) {
 		return nil, nil
 	}
-	tried.watch = &attemptBody{ReadCloser: req.Body}
-	return tried.watch, nil
+	bt.watch = &attemptBody{ReadCloser: req.Body}
+	return bt.watch, nil
 }
 
 // nopCloserWriterTo is the type of io.NopCloser(bytes.NewReader(buf)), the

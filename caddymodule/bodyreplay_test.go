@@ -388,7 +388,11 @@ func TestMayResend(t *testing.T) {
 	if inMemory(stream) || !inMemory(fresh()) {
 		t.Fatal("inMemory: only a reader over a buffer is one")
 	}
-	tried := &triedSet{}
+	var tried *bodyTries
+	if !tried.mayResend(stream) {
+		t.Fatal("a first try may always send")
+	}
+	tried = &bodyTries{}
 	if !tried.mayResend(stream) {
 		t.Fatal("a first try may always send")
 	}

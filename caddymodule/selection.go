@@ -1,7 +1,6 @@
 package caddymodule
 
 import (
-	"io"
 	"net/http"
 	"sync/atomic"
 	"time"
@@ -17,6 +16,7 @@ import (
 const (
 	varCandidates = "cx.candidates" // *candidateInfo
 	varTried      = "cx.tried"      // *triedSet
+	varBody       = "cx.body"       // *bodyTries, set for requests with a body
 )
 
 // candidateInfo is what the cx source tells the policy about the pool it
@@ -73,10 +73,6 @@ type triedSet struct {
 	marked int // how many of dials were marked failed already
 	// lastOutcome is how the latest try ended, as the cx transport saw it.
 	lastOutcome string
-	// body is the request body the latest try sent, as the cx transport
-	// saw it; watch, if set, notes whether that try read from it.
-	body  io.ReadCloser
-	watch *attemptBody
 }
 
 func (t *triedSet) has(dial string) bool {
@@ -160,7 +156,7 @@ func selectTiered(pool reverseproxy.UpstreamPool, r *http.Request, turn *uint64,
 	}
 	// A body stream a try already read cannot be sent whole again: the
 	// request ends with the error of that try.
-	resend := p.tried.mayResend(r.Body)
+	resend := bodyTriesOf(r).mayResend(r.Body)
 	p.markFailures(resend)
 	if !resend {
 		return nil
