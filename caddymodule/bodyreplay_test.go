@@ -29,7 +29,8 @@ type seenBody struct {
 // bodyBackend is a real HTTP server on loopback that records every request
 // body it reads. Its mode decides what it does then: "ok" answers 200 and
 // names itself, "reset" resets the connection after reading the whole body,
-// "503" answers 503 at once without reading the body.
+// "hang" reads the whole body and never answers, "503" answers 503 at once
+// without reading the body.
 type bodyBackend struct {
 	id   string
 	mode string
@@ -63,6 +64,10 @@ func (b *bodyBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	b.mu.Lock()
 	b.seen = append(b.seen, s)
 	b.mu.Unlock()
+	if b.mode == "hang" {
+		<-r.Context().Done() // the gateway gave up on it
+		return
+	}
 	if b.mode == "reset" {
 		conn, _, err := w.(http.Hijacker).Hijack()
 		if err != nil {
@@ -262,6 +267,28 @@ func TestUnreadBodyIsRetriedWhole(t *testing.T) {
 			t.Logf("%s %d bytes after an unread 503: status %d", tc.method, tc.size, code)
 		}
 	})
+}
+
+func TestTimedOutTryOfStreamedBodyIs504(t *testing.T) {
+	site := "http://127.0.0.1:{PORT} {\n\tcx_proxy {\n\t\ttransport http {\n\t\t\tresponse_header_timeout 200ms\n\t\t}\n\t}\n}"
+	for _, tc := range []struct {
+		size     int
+		wantCode int
+		wantAt   int // bodies the backup reads
+	}{
+		{kib, http.StatusOK, 1},
+		{100 * kib, http.StatusGatewayTimeout, 0},
+	} {
+		primary := startBodyBackend(t, "app1", "hang")
+		base, backup := bodyFailover(t, site, primary.url)
+		body := randomBody(t, tc.size)
+		code, _ := sendBody(t, "PUT", base, body, true)
+		assertWhole(t, "primary", primary.bodies(), body)
+		assertWhole(t, "backup", backup.bodies(), body)
+		if code != tc.wantCode || len(backup.bodies()) != tc.wantAt {
+			t.Fatalf("%d bytes: status %d, backup read %d bodies; want %d and %d", tc.size, code, len(backup.bodies()), tc.wantCode, tc.wantAt)
+		}
+	}
 }
 
 // triesAndRetries sums the tries counted for id and the retries counted
