@@ -27,9 +27,13 @@ const (
 	// across config reloads (stock Caddy closes them at once).
 	DefaultStreamCloseDelay = "24h"
 	// DefaultRequestBuffers is how much of a request body is buffered so
-	// that an idempotent request with a body (PUT) can be replayed on
-	// another instance, as nginx's proxy_request_buffering does. Larger
-	// bodies stream on and are not replayed after they were sent.
+	// that an idempotent request with a body (PUT) can be replayed whole on
+	// another instance, as nginx's proxy_request_buffering does. Only a
+	// body shorter than this, chunked or not, is buffered whole. A body of
+	// this size or more streams on; once a try has read from it, no other
+	// instance gets the request: the client gets that try's error (502,
+	// 504 for a timeout). A try that read none of it (a refused dial) is
+	// still retried.
 	DefaultRequestBuffers = 64 << 10
 	// DefaultIdleConnsPerHost keeps enough idle upstream connections for
 	// many concurrent clients, so that load does not churn connections.

@@ -16,6 +16,7 @@ import (
 const (
 	varCandidates = "cx.candidates" // *candidateInfo
 	varTried      = "cx.tried"      // *triedSet
+	varBody       = "cx.body"       // *bodyTries, set for requests with a body
 )
 
 // candidateInfo is what the cx source tells the policy about the pool it
@@ -153,7 +154,13 @@ func selectTiered(pool reverseproxy.UpstreamPool, r *http.Request, turn *uint64,
 		p.health = info.svc.health
 		p.svc = info.svc
 	}
-	p.markFailures()
+	// A body stream a try already read cannot be sent whole again: the
+	// request ends with the error of that try.
+	resend := bodyTriesOf(r).mayResend(r.Body)
+	p.markFailures(resend)
+	if !resend {
+		return nil
+	}
 	for _, lenient := range []bool{false, true} {
 		p.lenient = lenient
 		start := 0
@@ -172,14 +179,21 @@ func selectTiered(pool reverseproxy.UpstreamPool, r *http.Request, turn *uint64,
 	return nil
 }
 
-// markFailures marks every earlier pick of this request as failed.
-func (p *pick) markFailures() {
+// markFailures marks every earlier pick of this request as failed, and
+// counts the retry that follows unless there is none. A try the cx
+// transport refused to send (its body was spent) is no failure of the
+// instance.
+func (p *pick) markFailures(retrying bool) {
 	if p.health == nil {
 		return
 	}
-	for _, d := range p.tried.dials[p.tried.marked:] {
-		p.health.fail(d, p.now)
-		p.svc.countRetry(p.tried.lastOutcome)
+	if p.tried.lastOutcome != outcomeBodySpent {
+		for _, d := range p.tried.dials[p.tried.marked:] {
+			p.health.fail(d, p.now)
+			if retrying {
+				p.svc.countRetry(p.tried.lastOutcome)
+			}
+		}
 	}
 	p.tried.marked = len(p.tried.dials)
 }

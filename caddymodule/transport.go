@@ -34,16 +34,31 @@ func (Transport) CaddyModule() caddy.ModuleInfo {
 }
 
 // RoundTrip sends req, cancelling it if its instance turns stale before
-// the response headers arrive.
+// the response headers arrive. It refuses, without dialing, to send a body
+// stream that an earlier try of the request already read from: whatever
+// the selection policy, no instance gets part of a body as if it were all
+// of it.
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	body, err := bodyForTry(req)
+	if err != nil {
+		return nil, err
+	}
 	info, _ := caddyhttp.GetVar(req.Context(), varCandidates).(*candidateInfo)
 	if info == nil || info.svc == nil {
+		if body != nil {
+			req = req.WithContext(req.Context())
+			req.Body = body
+		}
 		return t.HTTPTransport.RoundTrip(req)
 	}
 	id, dial := info.instanceFor(req)
 	ctx, cancel := context.WithCancelCause(req.Context())
 	w := info.svc.inflight.add(id, cancel)
-	resp, err := t.HTTPTransport.RoundTrip(req.WithContext(ctx))
+	try := req.WithContext(ctx)
+	if body != nil {
+		try.Body = body
+	}
+	resp, err := t.HTTPTransport.RoundTrip(try)
 	info.svc.inflight.remove(id, w)
 	if err != nil && context.Cause(ctx) == errInstanceStale {
 		err = fmt.Errorf("%s at %s: %w", id, dial, errInstanceStale)
