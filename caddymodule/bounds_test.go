@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/caddy-cx/caddy-cx/heartbeat"
@@ -172,5 +173,78 @@ func TestStatusJSONFarFutureTime(t *testing.T) {
 	}
 	if y := rep.Services[0].Instances[0].StartedAt.Year(); y != 9999 {
 		t.Fatalf("started_at year %d", y)
+	}
+}
+
+// TestRoleLabelBounded: 10,000 distinct leader roles, each claimed by two
+// active instances (10,000 conflicts), make at most maxLabelValues + 1
+// role series.
+func TestRoleLabelBounded(t *testing.T) {
+	const prefix = "cx.roles"
+	s := testService(t, prefix, membership.Config{RebuildEvery: RebuildEvery})
+	now := time.Now()
+	const roles = 10000
+	for i := 0; i < roles/heartbeat.MaxRoles; i++ {
+		var claim []string
+		for r := 0; r < heartbeat.MaxRoles; r++ {
+			claim = append(claim, fmt.Sprintf("role-%05d", i*heartbeat.MaxRoles+r))
+		}
+		for _, twin := range []string{"a", "b"} {
+			m, _ := heartbeatOf(t, fmt.Sprintf("app%04d%s", i, twin), func(m *heartbeat.Message) { m.LeaderRoles = claim })
+			s.reg.Apply(m, now)
+		}
+	}
+	eventually(t, 5*time.Second, func() bool { return len(s.reg.RoleConflicts()) == roles }, "10,000 role conflicts")
+	reg := prometheus.NewRegistry()
+	c := &metricsCollector{}
+	c.add(s)
+	reg.MustRegister(c)
+	for range 2 { // twice: the second scrape must not add series
+		families, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		series := 0
+		other := false
+		for _, f := range families {
+			if f.GetName() != "caddy_cx_leader_role_conflict_since_seconds" {
+				continue
+			}
+			for _, m := range f.GetMetric() {
+				series++
+				for _, l := range m.GetLabel() {
+					other = other || (l.GetName() == "role" && l.GetValue() == otherLabel)
+				}
+			}
+		}
+		t.Logf("%d role conflicts: %d series", roles, series)
+		if series > maxLabelValues+1 || !other {
+			t.Fatalf("%d role series (other: %v), want at most %d", series, other, maxLabelValues+1)
+		}
+	}
+}
+
+// TestLabelValuesIdleMakeRoom: a value unused for labelValueIdle gives its
+// place to a new one (a new version after many deploys), a busy one not.
+func TestLabelValuesIdleMakeRoom(t *testing.T) {
+	var lv labelValues
+	now := time.Now()
+	for i := range maxLabelValues {
+		if got := lv.value(fmt.Sprint("v", i), now); got != fmt.Sprint("v", i) {
+			t.Fatalf("value %d: %s", i, got)
+		}
+	}
+	if got := lv.value("new", now.Add(time.Minute)); got != otherLabel {
+		t.Fatalf("beyond the bound: %s", got)
+	}
+	later := now.Add(labelValueIdle)
+	for i := 1; i < maxLabelValues; i++ {
+		lv.value(fmt.Sprint("v", i), later) // all busy but v0
+	}
+	if got := lv.value("new", later); got != "new" {
+		t.Fatalf("with v0 idle: %s", got)
+	}
+	if got := lv.value("newer", later); got != otherLabel {
+		t.Fatalf("with none idle: %s", got)
 	}
 }

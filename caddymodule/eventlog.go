@@ -1,8 +1,10 @@
 package caddymodule
 
 import (
+	"fmt"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"go.uber.org/zap"
 
@@ -49,6 +51,8 @@ func newEventLog(logger *zap.Logger) *eventLog {
 }
 
 func (l *eventLog) event(ev membership.Event) {
+	// a role conflict among thousands of instances names them all
+	ev.ID, ev.Detail = clip(ev.ID), clip(ev.Detail)
 	fields := []zap.Field{zap.String("event", string(ev.Kind)), zap.String("instance", ev.ID), zap.String("url", ev.URL)}
 	switch ev.Kind {
 	case membership.EventRejected:
@@ -127,6 +131,21 @@ func (l *eventLog) lifecycleDue(kind membership.EventKind) (int, bool) {
 	n := b.suppressed
 	b.suppressed = 0
 	return n, true
+}
+
+// maxLogField bounds a logged id list or detail.
+const maxLogField = 1024
+
+// clip cuts s to maxLogField bytes (on a rune boundary), saying so.
+func clip(s string) string {
+	if len(s) <= maxLogField {
+		return s
+	}
+	cut := maxLogField
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + fmt.Sprintf("… (%d more bytes)", len(s)-cut)
 }
 
 // notLogged is the count of lines left out before this one, when any.

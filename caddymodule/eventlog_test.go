@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -54,5 +55,21 @@ func TestEventLogRateLimited(t *testing.T) {
 	lines = logs.TakeAll()
 	if len(lines) != lifecycleRefill || lines[0].ContextMap()["similar_not_logged"] != int64(100) {
 		t.Fatalf("%d join lines a second later, want %d; first %v", len(lines), lifecycleRefill, lines[0].ContextMap())
+	}
+}
+
+func TestEventLogClipsLongFields(t *testing.T) {
+	core, logs := observer.New(zapcore.DebugLevel)
+	l := newEventLog(zap.New(core))
+	ids := strings.Repeat("app-instance-0001,", 10000)
+	l.event(membership.Event{Kind: membership.EventRoleConflict, ID: ids, Detail: "leader role x is claimed by " + ids})
+	lines := logs.TakeAll()
+	if len(lines) != 1 {
+		t.Fatalf("%d lines", len(lines))
+	}
+	for _, f := range []string{"instance", "detail"} {
+		if v := lines[0].ContextMap()[f].(string); len(v) > maxLogField+40 || !strings.Contains(v, "more bytes") {
+			t.Errorf("%s: %d bytes", f, len(v))
+		}
 	}
 }
