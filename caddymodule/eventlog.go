@@ -71,7 +71,7 @@ func (l *eventLog) event(ev membership.Event) {
 			l.logger.Info(string(ev.Kind), append([]zap.Field{zap.String("detail", ev.Detail)}, notLogged(n)...)...)
 		}
 	case membership.EventConflict:
-		if n, ok := l.due("event:"+string(ev.Kind)); ok {
+		if n, ok := l.due("event:" + string(ev.Kind)); ok {
 			l.logger.Warn("instance id conflict", append(fields, zap.String("detail", ev.Detail), zap.Int("similar_not_logged", n))...)
 		}
 	default:
