@@ -183,6 +183,7 @@ func (a *App) validate() error {
 // Start starts the embedded server (if any), connects to NATS and starts
 // watching every service this config uses.
 func (a *App) Start() error {
+	a.warnUnprotectedStatus()
 	if a.embedded != nil {
 		if err := a.embedded.start(); err != nil {
 			return err

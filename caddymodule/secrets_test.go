@@ -22,10 +22,16 @@ import (
 // given cx block, and returns the log file's path and the site's URL.
 func loggedGateway(t *testing.T, cxBlock string) (string, string) {
 	t.Helper()
+	return loggedGatewaySite(t, cxBlock, "cx_proxy")
+}
+
+// loggedGatewaySite is loggedGateway with the site's directives.
+func loggedGatewaySite(t *testing.T, cxBlock, site string) (string, string) {
+	t.Helper()
 	logFile := filepath.Join(t.TempDir(), "caddy.log")
 	port := freePort(t)
-	loadCaddyfile(t, fmt.Sprintf("{\n\tadmin off\n\tpersist_config off\n\tlog {\n\t\toutput file %s\n\t\tformat json\n\t\tlevel DEBUG\n\t}\n\tcx {\n%s\n\t}\n}\nhttp://127.0.0.1:%d {\n\tcx_proxy\n}\n",
-		logFile, cxBlock, port))
+	loadCaddyfile(t, fmt.Sprintf("{\n\tadmin off\n\tpersist_config off\n\tlog {\n\t\toutput file %s\n\t\tformat json\n\t\tlevel DEBUG\n\t}\n\tcx {\n%s\n\t}\n}\nhttp://127.0.0.1:%d {\n\t%s\n}\n",
+		logFile, cxBlock, port, site))
 	t.Cleanup(func() { _ = caddy.Stop() })
 	return logFile, fmt.Sprintf("http://127.0.0.1:%d", port)
 }

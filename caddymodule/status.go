@@ -59,6 +59,13 @@ type StatusPage struct {
 	// Limit is how many instances of each service are listed at most;
 	// the report counts the others by state. Default: 1000.
 	Limit int `json:"limit,omitempty"`
+
+	// Public silences the warning logged at start when the page is served
+	// on a listener beyond loopback with no authentication handler (such
+	// as basic_auth) before it. Set it when the page is protected some
+	// other way (a firewall, forward_auth, a proxy in front) or is meant
+	// to be public.
+	Public bool `json:"public,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.

@@ -29,6 +29,7 @@ func parseCxStatus(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) 
 //		title          <text>
 //		refresh        <duration>
 //		limit          <instances>
+//		public
 //	}
 //
 // A path as the matcher (`cx_status /ha`) serves the page at that path.
@@ -63,8 +64,13 @@ func (p *StatusPage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("limit %q: want a positive number of instances", v)
 			}
 			p.Limit = n
+		case "public":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			p.Public = true
 		default:
-			return d.Errf("unknown cx_status option %q; allowed: subject_prefix, title, refresh, limit", opt)
+			return d.Errf("unknown cx_status option %q; allowed: subject_prefix, title, refresh, limit, public", opt)
 		}
 	}
 	return nil
