@@ -14,6 +14,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
 
 	"github.com/caddy-cx/caddy-cx/heartbeat"
 )
@@ -260,4 +261,57 @@ func TestEmbeddedAuthChoices(t *testing.T) {
 			t.Errorf("%s %q: error %v, want %q", tt.addr, tt.auth, err, tt.want)
 		}
 	}
+}
+
+// TestNkeyPathPlaceholder: the nkey seed file's path comes from the
+// environment.
+func TestNkeyPathPlaceholder(t *testing.T) {
+	kp, _ := nkeys.CreateUser()
+	pub, _ := kp.PublicKey()
+	url := secureNATS(t, &server.Options{Nkeys: []*server.NkeyUser{{Nkey: pub}}})
+	seed, _ := kp.Seed()
+	seedFile := writeFile(t, "gw.nk", seed)
+	t.Setenv("CX_TEST_NKEY_FILE", seedFile)
+	opt, err := nats.NkeyOptionFromSeed(seedFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	routedThrough(t, "\t\tnats "+url+"\n\t\tnkey {env.CX_TEST_NKEY_FILE}", url, opt)
+}
+
+// TestEmbeddedTokenChangedOnReload: a reload with another token makes the
+// running embedded server require the new one.
+func TestEmbeddedTokenChangedOnReload(t *testing.T) {
+	port, site := freePort(t), freePort(t)
+	load := func(token string) {
+		loadCaddyfile(t, fmt.Sprintf("{\n\tadmin off\n\tpersist_config off\n\tcx {\n\t\tembedded_nats 127.0.0.1:%d\n\t\ttoken %s\n\t}\n}\nhttp://127.0.0.1:%d {\n\tcx_proxy\n}\n", port, token, site))
+	}
+	load("FirstT0ken")
+	t.Cleanup(func() { _ = caddy.Stop() })
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	accepts := func(token string) bool {
+		nc, err := nats.Connect(url, nats.Token(token))
+		if err == nil {
+			nc.Close()
+		}
+		return err == nil
+	}
+	if !accepts("FirstT0ken") {
+		t.Fatal("first token refused")
+	}
+	load("SecondT0ken")
+	if accepts("FirstT0ken") || !accepts("SecondT0ken") {
+		t.Fatalf("after the reload: first accepted %v, second accepted %v", accepts("FirstT0ken"), accepts("SecondT0ken"))
+	}
+	app := startBackend(t, "app1")
+	nc, err := nats.Connect(url, nats.Token("SecondT0ken"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	inst := newInstance(t, nc, "app1", app.url, 0)
+	inst.beat(heartbeat.StateReady)
+	stop := inst.keepBeating()
+	t.Cleanup(stop)
+	servedBy(t, fmt.Sprintf("http://127.0.0.1:%d", site), "app1", 5*time.Second)
 }
