@@ -126,7 +126,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 		a.embedded = emb
 		urls = []string{"nats://" + a.EmbeddedNATS}
 	}
-	key, err := natsAuth{urls, a.auth.Credentials, a.auth.Token, a.auth.User, a.auth.Password, a.auth.NKey, a.TLS}.key()
+	conn := a.auth
+	conn.URLs = urls
+	key, err := conn.key()
 	if err != nil {
 		return err
 	}
