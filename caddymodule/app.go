@@ -5,7 +5,6 @@
 package caddymodule
 
 import (
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
@@ -16,6 +15,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/caddy-cx/caddy-cx/internal/redact"
 	"github.com/caddy-cx/caddy-cx/membership"
 )
 
@@ -33,28 +33,46 @@ const DefaultEmbeddedNATS = "127.0.0.1:4222"
 type App struct {
 	// NATS server URLs to connect to (nats://host:port, tls://host:port).
 	// Several URLs are tried in turn and used for reconnects. When empty,
-	// an embedded NATS server is started and used.
+	// an embedded NATS server is started and used. A URL may carry user
+	// info, but the config (GET /config/) then shows it: prefer `user` and
+	// `password` or `token` with a placeholder. Placeholders are resolved
+	// as for Token.
 	NATS []string `json:"nats,omitempty"`
 
 	// EmbeddedNATS is the host:port the embedded NATS server listens on
-	// when NATS is empty. Default: 127.0.0.1:4222.
+	// when NATS is empty. Default: 127.0.0.1:4222. An address beyond
+	// loopback (0.0.0.0:4222, a LAN address) is refused unless Token or
+	// User and Password are set: the embedded server then requires them
+	// of every client, the gateway and the instances alike.
 	EmbeddedNATS string `json:"embedded_nats,omitempty"`
 
 	// Credentials is a NATS JWT .creds file (user JWT and nkey seed).
+	// Placeholders are resolved as for Token.
 	Credentials string `json:"credentials,omitempty"`
 
-	// Token authenticates with a NATS token.
+	// Token authenticates with a NATS token. It may be, or contain, a
+	// Caddy placeholder such as {env.NATS_TOKEN} or
+	// {file./run/secrets/nats_token}, resolved once when the config is
+	// loaded, so that the config Caddy serves at GET /config/ holds the
+	// placeholder, not the secret. A placeholder that resolves to nothing
+	// (unset variable, unreadable or empty file) is an error naming it;
+	// write a literal brace as \{ or \}.
 	Token string `json:"token,omitempty"`
 
-	// User and Password authenticate with NATS user/password.
+	// User and Password authenticate with NATS user/password. Both take
+	// placeholders as Token does; Password should be one.
 	User     string `json:"user,omitempty"`
 	Password string `json:"password,omitempty"`
 
 	// NKey is a file holding an nkey seed (SU...) to authenticate with.
+	// Placeholders are resolved as for Token.
 	NKey string `json:"nkey,omitempty"`
 
 	// TLS configures TLS to the NATS servers.
 	TLS *NATSTLS `json:"tls,omitempty"`
+
+	// auth is the above with placeholders resolved; see secrets.go.
+	auth natsAuth
 
 	link     *natsLink
 	linkKey  string
@@ -90,30 +108,31 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
 	a.ctx = ctx
 	a.mu = new(sync.Mutex)
+	if err := a.resolveSecrets(); err != nil {
+		return err
+	}
 	if err := a.validate(); err != nil {
 		return err
 	}
-	urls := a.NATS
+	urls := a.auth.URLs
 	if len(urls) == 0 {
 		if a.EmbeddedNATS == "" {
 			a.EmbeddedNATS = DefaultEmbeddedNATS
 		}
-		emb, err := acquireEmbedded(a.EmbeddedNATS, a.logger)
+		emb, err := acquireEmbedded(a.EmbeddedNATS, a.embeddedAuth(), a.logger)
 		if err != nil {
 			return err
 		}
 		a.embedded = emb
 		urls = []string{"nats://" + a.EmbeddedNATS}
 	}
-	key, err := json.Marshal(struct {
-		URLs                                     []string
-		Credentials, Token, User, Password, NKey string
-		TLS                                      *NATSTLS
-	}{urls, a.Credentials, a.Token, a.User, a.Password, a.NKey, a.TLS})
+	conn := a.auth
+	conn.URLs = urls
+	key, err := conn.key()
 	if err != nil {
 		return err
 	}
-	a.linkKey = string(key)
+	a.linkKey = key
 	link, err := acquireLink(a.linkKey, urls, a.options, a.logger)
 	if err != nil {
 		return err
@@ -123,15 +142,15 @@ func (a *App) Provision(ctx caddy.Context) error {
 }
 
 func (a *App) validate() error {
-	for _, u := range a.NATS {
+	for _, u := range a.auth.URLs {
 		parsed, err := url.Parse(u)
 		if err != nil || parsed.Host == "" {
-			return fmt.Errorf("cx: nats server %q is not a URL like nats://host:4222", u)
+			return fmt.Errorf("cx: nats server %q is not a URL like nats://host:4222", redact.URL(u))
 		}
 		switch parsed.Scheme {
 		case "nats", "tls", "ws", "wss":
 		default:
-			return fmt.Errorf("cx: nats server %q: scheme must be nats, tls, ws or wss", u)
+			return fmt.Errorf("cx: nats server %q: scheme must be nats, tls, ws or wss", redact.URL(u))
 		}
 	}
 	if len(a.NATS) > 0 && a.EmbeddedNATS != "" {
@@ -143,7 +162,7 @@ func (a *App) validate() error {
 		}
 	}
 	auth := 0
-	for _, set := range []bool{a.Credentials != "", a.Token != "", a.User != "", a.NKey != ""} {
+	for _, set := range []bool{a.auth.Credentials != "", a.auth.Token != "", a.auth.User != "", a.auth.NKey != ""} {
 		if set {
 			auth++
 		}
@@ -151,11 +170,14 @@ func (a *App) validate() error {
 	if auth > 1 {
 		return fmt.Errorf("cx: choose one of credentials, token, user or nkey")
 	}
-	if (a.User == "") != (a.Password == "") {
+	if (a.auth.User == "") != (a.auth.Password == "") {
 		return fmt.Errorf("cx: user needs a password and a password needs a user")
 	}
 	if a.TLS != nil && (a.TLS.Cert == "") != (a.TLS.Key == "") {
 		return fmt.Errorf("cx: tls cert and key go together")
+	}
+	if len(a.NATS) == 0 {
+		return a.validateEmbedded()
 	}
 	return nil
 }
@@ -163,6 +185,7 @@ func (a *App) validate() error {
 // Start starts the embedded server (if any), connects to NATS and starts
 // watching every service this config uses.
 func (a *App) Start() error {
+	a.warnUnprotectedStatus()
 	if a.embedded != nil {
 		if err := a.embedded.start(); err != nil {
 			return err
@@ -201,7 +224,7 @@ func (a *App) loopGuard() *loopGuard {
 // loopback): a test or demo deployment.
 func (a *App) loopbackOnly() bool {
 	hosts := []string{}
-	for _, u := range a.NATS {
+	for _, u := range a.auth.URLs {
 		if parsed, err := url.Parse(u); err == nil {
 			hosts = append(hosts, parsed.Hostname())
 		}

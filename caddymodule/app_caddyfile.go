@@ -24,6 +24,12 @@ func init() {
 //			cert <file> <key file>
 //		}
 //	}
+//
+// Secrets take placeholders resolved when the config loads, so that the
+// adapted JSON config (and GET /config/) holds no secret:
+// `token {env.NATS_TOKEN}`, `user gw {file./run/secrets/nats_password}`.
+// ({$NATS_TOKEN} would be replaced by the Caddyfile adapter, into the
+// JSON config.)
 func parseGlobalCx(d *caddyfile.Dispenser, _ any) (any, error) {
 	app := new(App)
 	if err := app.UnmarshalCaddyfile(d); err != nil {

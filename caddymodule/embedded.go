@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"strconv"
 	"sync"
 	"time"
@@ -22,18 +23,75 @@ type embeddedServer struct {
 	addr   string
 	logger *zap.Logger
 
-	mu  sync.Mutex
-	srv *server.Server
+	mu   sync.Mutex
+	srv  *server.Server
+	auth embeddedAuth // what clients must present; the latest config's
+	// running is what srv requires now; host and port where it listens.
+	running embeddedAuth
+	host    string
+	port    int
 }
 
-func acquireEmbedded(addr string, logger *zap.Logger) (*embeddedServer, error) {
+// embeddedAuth is the authorization the embedded server requires: the
+// app's own token, or user and password; none when both are empty.
+type embeddedAuth struct {
+	token, user, password string
+}
+
+func (e embeddedAuth) set() bool { return e.token != "" || e.user != "" }
+
+// apply sets e on the server options.
+func (e embeddedAuth) apply(o *server.Options) {
+	o.Authorization, o.Username, o.Password = e.token, e.user, e.password
+}
+
+// embeddedAuth is the authorization the embedded server requires: the
+// app's token or user and password, which the gateway connects with.
+func (a *App) embeddedAuth() embeddedAuth {
+	return embeddedAuth{token: a.auth.Token, user: a.auth.User, password: a.auth.Password}
+}
+
+// validateEmbedded refuses what the embedded server cannot enforce, and
+// an embedded server open to the network without authentication: whoever
+// reaches it could announce instances and take the gateway's traffic.
+func (a *App) validateEmbedded() error {
+	addr := a.EmbeddedNATS
+	if addr == "" {
+		addr = DefaultEmbeddedNATS
+	}
+	if a.auth.Credentials != "" || a.auth.NKey != "" {
+		return fmt.Errorf("cx: the embedded NATS server takes `token` or `user` and `password`; for nkeys or JWT credentials run nats-server and point `nats` at it")
+	}
+	host, _, _ := net.SplitHostPort(addr)
+	if !a.embeddedAuth().set() && !loopbackHost(host) {
+		return fmt.Errorf("cx: embedded_nats %s is reachable beyond this machine and has no authentication: anyone reaching it could announce instances and receive the gateway's traffic. "+
+			"Set `token {env.NATS_TOKEN}` (or `user <name> {env.NATS_PASSWORD}`) in the cx block: the embedded server then requires it and instances connect with it; "+
+			"or bind to 127.0.0.1; or run nats-server with a user per instance and set `nats`", addr)
+	}
+	return nil
+}
+
+// loopbackHost reports whether host names this machine only.
+func loopbackHost(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
+
+func acquireEmbedded(addr string, auth embeddedAuth, logger *zap.Logger) (*embeddedServer, error) {
 	val, _, err := embeddedPool.LoadOrNew(addr, func() (caddy.Destructor, error) {
 		return &embeddedServer{addr: addr, logger: logger}, nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	return val.(*embeddedServer), nil
+	e := val.(*embeddedServer)
+	e.mu.Lock()
+	e.auth = auth
+	e.mu.Unlock()
+	return e, nil
 }
 
 // start runs the server if it is not running yet.
@@ -41,7 +99,7 @@ func (e *embeddedServer) start() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.srv != nil {
-		return nil
+		return e.reauth()
 	}
 	host, portStr, err := net.SplitHostPort(e.addr)
 	if err != nil {
@@ -51,14 +109,8 @@ func (e *embeddedServer) start() error {
 	if err != nil {
 		return fmt.Errorf("cx: embedded_nats %q: port is not a number", e.addr)
 	}
-	srv, err := server.NewServer(&server.Options{
-		ServerName: "caddy-cx-embedded",
-		Host:       host,
-		Port:       port,
-		NoSigs:     true,
-		NoLog:      true,
-		MaxPayload: 1 << 20,
-	})
+	e.host, e.port = host, port
+	srv, err := server.NewServer(e.options())
 	if err != nil {
 		return fmt.Errorf("cx: embedded NATS server: %w", err)
 	}
@@ -67,8 +119,35 @@ func (e *embeddedServer) start() error {
 		srv.Shutdown()
 		return fmt.Errorf("cx: embedded NATS server could not listen on %s (is the port taken? set `embedded_nats` to another address, or `nats` to use an existing server)", e.addr)
 	}
-	e.logger.Info("embedded NATS server listening", zap.String("address", e.addr))
-	e.srv = srv
+	e.logger.Info("embedded NATS server listening", zap.String("address", e.addr), zap.Bool("authentication", e.auth.set()))
+	e.srv, e.running = srv, e.auth
+	return nil
+}
+
+func (e *embeddedServer) options() *server.Options {
+	opts := &server.Options{
+		ServerName: "caddy-cx-embedded",
+		Host:       e.host,
+		Port:       e.port,
+		NoSigs:     true,
+		NoLog:      true,
+		MaxPayload: 1 << 20,
+	}
+	e.auth.apply(opts)
+	return opts
+}
+
+// reauth makes the running server require the latest config's
+// authorization, when a reload changed it.
+func (e *embeddedServer) reauth() error {
+	if e.running == e.auth {
+		return nil
+	}
+	if err := e.srv.ReloadOptions(e.options()); err != nil {
+		return fmt.Errorf("cx: changing the embedded NATS server's authentication: %w", err)
+	}
+	e.running = e.auth
+	e.logger.Info("embedded NATS server authentication changed", zap.Bool("authentication", e.auth.set()))
 	return nil
 }
 

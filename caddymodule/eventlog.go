@@ -1,65 +1,157 @@
 package caddymodule
 
 import (
+	"fmt"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"go.uber.org/zap"
 
 	"github.com/caddy-cx/caddy-cx/membership"
 )
 
-// rejectLogEvery bounds how often rejections of one reason are logged; the
-// ones in between are counted and reported with the next log line.
+// rejectLogEvery bounds how often rejections of one reason, and warnings
+// of one kind, are logged; the ones in between are counted and reported
+// with the next log line.
 const rejectLogEvery = 5 * time.Second
 
+// Lifecycle events (join, leave, restart, ...) are logged one line each
+// during a deploy, but a publisher could make them endlessly (a new
+// started_at on every message): each kind may log lifecycleBurst lines at
+// once and lifecycleRefill more every second.
+const (
+	lifecycleBurst  = 200
+	lifecycleRefill = 20
+)
+
 // eventLog logs membership changes, one line per change, and rejections
-// rate-limited per reason so that a flood cannot fill the log.
+// and warnings rate-limited per reason or kind, so that what a publisher
+// sends cannot fill the log.
 type eventLog struct {
 	logger *zap.Logger
+	now    func() time.Time
 
 	mu         sync.Mutex
-	lastReject map[string]time.Time
-	suppressed map[string]int
+	last       map[string]time.Time // last line of each rejection reason or warning kind
+	suppressed map[string]int       // lines not logged since, by the same key
+	buckets    map[membership.EventKind]*logBucket
+}
+
+// logBucket is the token bucket of one lifecycle kind.
+type logBucket struct {
+	tokens     float64
+	at         time.Time
+	suppressed int
 }
 
 func newEventLog(logger *zap.Logger) *eventLog {
-	return &eventLog{logger: logger, lastReject: map[string]time.Time{}, suppressed: map[string]int{}}
+	return &eventLog{logger: logger, now: time.Now, last: map[string]time.Time{}, suppressed: map[string]int{},
+		buckets: map[membership.EventKind]*logBucket{}}
 }
 
 func (l *eventLog) event(ev membership.Event) {
+	// a role conflict among thousands of instances names them all
+	ev.ID, ev.Detail = clip(ev.ID), clip(ev.Detail)
 	fields := []zap.Field{zap.String("event", string(ev.Kind)), zap.String("instance", ev.ID), zap.String("url", ev.URL)}
 	switch ev.Kind {
 	case membership.EventRejected:
 		l.rejected(ev)
-	case membership.EventFlapping, membership.EventRoleConflict, membership.EventAliveUnheard:
-		l.logger.Warn(string(ev.Kind), append(fields, zap.String("detail", ev.Detail))...)
-	case membership.EventVersionSwitch, membership.EventRoleResolved:
-		l.logger.Info(string(ev.Kind), zap.String("detail", ev.Detail))
-	case membership.EventConflict:
-		l.logger.Warn("instance id conflict", append(fields, zap.String("detail", ev.Detail))...)
+	case membership.EventJoin, membership.EventLeave, membership.EventRestart, membership.EventDraining,
+		membership.EventReady, membership.EventForget:
+		if n, ok := l.lifecycleDue(ev.Kind); ok {
+			l.logger.Info("membership", append(fields, notLogged(n)...)...)
+		}
 	case membership.EventStale:
-		l.logger.Warn("instance stale: heartbeats stopped", fields...)
+		if n, ok := l.lifecycleDue(ev.Kind); ok {
+			l.logger.Warn("instance stale: heartbeats stopped", append(fields, notLogged(n)...)...)
+		}
+	case membership.EventVersionSwitch, membership.EventRoleResolved:
+		if n, ok := l.lifecycleDue(ev.Kind); ok {
+			l.logger.Info(string(ev.Kind), append([]zap.Field{zap.String("detail", ev.Detail)}, notLogged(n)...)...)
+		}
+	case membership.EventConflict:
+		if n, ok := l.due("event:" + string(ev.Kind)); ok {
+			l.logger.Warn("instance id conflict", append(fields, zap.String("detail", ev.Detail), zap.Int("similar_not_logged", n))...)
+		}
 	default:
-		l.logger.Info("membership", fields...)
+		// flapping, role_conflict, alive_unheard, and any kind added
+		// later: all are made by what publishers send.
+		if n, ok := l.due("event:" + string(ev.Kind)); ok {
+			l.logger.Warn(string(ev.Kind), append(fields, zap.String("detail", ev.Detail), zap.Int("similar_not_logged", n))...)
+		}
 	}
 }
 
 func (l *eventLog) rejected(ev membership.Event) {
-	now := time.Now()
-	l.mu.Lock()
-	if now.Sub(l.lastReject[ev.Reason]) < rejectLogEvery {
-		l.suppressed[ev.Reason]++
-		l.mu.Unlock()
+	n, ok := l.due("reject:" + ev.Reason)
+	if !ok {
 		return
 	}
-	l.lastReject[ev.Reason] = now
-	suppressed := l.suppressed[ev.Reason]
-	l.suppressed[ev.Reason] = 0
-	l.mu.Unlock()
 	l.logger.Warn("heartbeat rejected",
 		zap.String("reason", ev.Reason),
 		zap.String("instance", ev.ID),
 		zap.String("detail", ev.Detail),
-		zap.Int("similar_rejections_not_logged", suppressed))
+		zap.Int("similar_rejections_not_logged", n))
+}
+
+// due reports whether a line of key may be logged now (at most one per
+// rejectLogEvery), and how many were not logged since the last one.
+func (l *eventLog) due(key string) (int, bool) {
+	now := l.now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if last, ok := l.last[key]; ok && now.Sub(last) < rejectLogEvery {
+		l.suppressed[key]++
+		return 0, false
+	}
+	l.last[key] = now
+	n := l.suppressed[key]
+	l.suppressed[key] = 0
+	return n, true
+}
+
+// lifecycleDue takes a token of kind's bucket.
+func (l *eventLog) lifecycleDue(kind membership.EventKind) (int, bool) {
+	now := l.now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b := l.buckets[kind]
+	if b == nil {
+		b = &logBucket{tokens: lifecycleBurst, at: now}
+		l.buckets[kind] = b
+	}
+	b.tokens = min(lifecycleBurst, b.tokens+now.Sub(b.at).Seconds()*lifecycleRefill)
+	b.at = now
+	if b.tokens < 1 {
+		b.suppressed++
+		return 0, false
+	}
+	b.tokens--
+	n := b.suppressed
+	b.suppressed = 0
+	return n, true
+}
+
+// maxLogField bounds a logged id list or detail.
+const maxLogField = 1024
+
+// clip cuts s to maxLogField bytes (on a rune boundary), saying so.
+func clip(s string) string {
+	if len(s) <= maxLogField {
+		return s
+	}
+	cut := maxLogField
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + fmt.Sprintf("… (%d more bytes)", len(s)-cut)
+}
+
+// notLogged is the count of lines left out before this one, when any.
+func notLogged(n int) []zap.Field {
+	if n == 0 {
+		return nil
+	}
+	return []zap.Field{zap.Int("similar_not_logged", n)}
 }

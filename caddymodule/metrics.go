@@ -93,6 +93,60 @@ type serviceStats struct {
 
 	mu          sync.Mutex
 	lastPrimary []string // the last non-empty primary set seen
+
+	// roles and versions bound the label values taken from publishers'
+	// strings (leader roles, versions).
+	roles, versions labelValues
+}
+
+// Label values that come from what publishers announce are bounded per
+// service and label: at most maxLabelValues distinct values, a value
+// unused for labelValueIdle making room for a new one; beyond, the value
+// is otherLabel. Without this, leader roles alone (16 per heartbeat, any
+// string) could create about 80,000 series.
+const (
+	maxLabelValues = 64
+	labelValueIdle = time.Hour
+	otherLabel     = "other"
+)
+
+// labelValues is the set of values one label has exported recently.
+type labelValues struct {
+	mu   sync.Mutex
+	seen map[string]time.Time // value -> last exported
+}
+
+// value returns v, or otherLabel when the label has too many values.
+func (lv *labelValues) value(v string, now time.Time) string {
+	lv.mu.Lock()
+	defer lv.mu.Unlock()
+	if lv.seen == nil {
+		lv.seen = map[string]time.Time{}
+	}
+	if _, ok := lv.seen[v]; ok {
+		lv.seen[v] = now
+		return v
+	}
+	if len(lv.seen) >= maxLabelValues && !lv.evictIdle(now) {
+		return otherLabel
+	}
+	lv.seen[v] = now
+	return v
+}
+
+// evictIdle forgets the value unused longest, if it is idle.
+func (lv *labelValues) evictIdle(now time.Time) bool {
+	oldest, at := "", now
+	for v, t := range lv.seen {
+		if t.Before(at) {
+			oldest, at = v, t
+		}
+	}
+	if now.Sub(at) < labelValueIdle {
+		return false
+	}
+	delete(lv.seen, oldest)
+	return true
 }
 
 // instanceStats are the per-instance counters, dropped when the instance
@@ -360,15 +414,28 @@ func collectService(ch chan<- prometheus.Metric, s *Service) {
 	for _, state := range allStates {
 		ch <- prometheus.MustNewConstMetric(descInstances, prometheus.GaugeValue, float64(counts[state]), svc, string(state))
 	}
-	for _, c := range s.reg.RoleConflicts() {
-		ch <- prometheus.MustNewConstMetric(descRoleConflict, prometheus.GaugeValue, float64(c.Since.Unix()), svc, c.Role)
-	}
-	if s.reg.Config().ConsistentVersions {
-		ch <- prometheus.MustNewConstMetric(descServedVersion, prometheus.GaugeValue, 1, svc, s.reg.Snapshot().Version)
-	}
 	st := s.stats
 	if st == nil {
 		return
+	}
+	// roles beyond the bound share the series `other`, since the
+	// earliest of their conflicts
+	since := map[string]time.Time{}
+	var order []string
+	for _, c := range s.reg.RoleConflicts() {
+		role := st.roles.value(c.Role, now)
+		if t, ok := since[role]; !ok || c.Since.Before(t) {
+			if !ok {
+				order = append(order, role)
+			}
+			since[role] = c.Since
+		}
+	}
+	for _, role := range order {
+		ch <- prometheus.MustNewConstMetric(descRoleConflict, prometheus.GaugeValue, float64(since[role].Unix()), svc, role)
+	}
+	if s.reg.Config().ConsistentVersions {
+		ch <- prometheus.MustNewConstMetric(descServedVersion, prometheus.GaugeValue, 1, svc, st.versions.value(s.reg.Snapshot().Version, now))
 	}
 	for _, kind := range contractEvents {
 		counterOf(&st.events, kind)

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-cx/caddy-cx/heartbeat"
+	"github.com/caddy-cx/caddy-cx/internal/redact"
 )
 
 // linkPool holds the NATS connections, keyed by their configuration, so
@@ -61,7 +62,7 @@ func (l *natsLink) start() error {
 		}
 		nc, err := nats.Connect(l.urls, opts...)
 		if err != nil {
-			l.err = fmt.Errorf("cx: connecting to NATS at %s: %w", l.urls, err)
+			l.err = fmt.Errorf("cx: connecting to NATS at %s: %s", redact.URL(l.urls), redact.Known(err.Error(), l.urls))
 			return
 		}
 		l.nc = nc
@@ -69,7 +70,7 @@ func (l *natsLink) start() error {
 			l.markUp(nc)
 		} else {
 			l.logger.Warn("cannot connect to NATS at start; routing starts once it connects, retrying in the background",
-				zap.String("servers", l.urls), zap.String("problem", natsProblem(nc.LastError())), zap.Error(nc.LastError()))
+				zap.String("servers", redact.URL(l.urls)), zap.String("problem", natsProblem(nc.LastError())), l.errField(nc.LastError()))
 		}
 	})
 	return l.err
@@ -101,7 +102,8 @@ func (l *natsLink) markUp(nc *nats.Conn) {
 		verb = "reconnected to NATS"
 		l.reconnects.Add(1)
 	}
-	l.logger.Info(verb, zap.String("server", nc.ConnectedUrlRedacted()))
+	// not nc.ConnectedUrlRedacted: it keeps a token (nats://token@host).
+	l.logger.Info(verb, zap.String("server", redact.URL(nc.ConnectedUrl())))
 }
 
 func (l *natsLink) markDown(err error) {
@@ -109,7 +111,16 @@ func (l *natsLink) markDown(err error) {
 		return
 	}
 	l.logger.Warn("lost NATS connection; routing continues on the last known members",
-		zap.String("problem", natsProblem(err)), zap.Error(err))
+		zap.String("problem", natsProblem(err)), l.errField(err))
+}
+
+// errField is zap.Error with the text redacted: an error may repeat a
+// server's url, user info and all.
+func (l *natsLink) errField(err error) zap.Field {
+	if err == nil {
+		return zap.Skip()
+	}
+	return zap.String("error", redact.Known(err.Error(), l.urls))
 }
 
 // errorLogEvery bounds how often one kind of asynchronous NATS error (an
@@ -137,7 +148,7 @@ func (l *natsLink) handlers() []nats.Option {
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { l.markDown(err) }),
 		nats.ClosedHandler(func(nc *nats.Conn) {
 			if !l.closing.Load() {
-				l.logger.Error("NATS connection closed", zap.Error(nc.LastError()))
+				l.logger.Error("NATS connection closed", l.errField(nc.LastError()))
 			}
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
@@ -148,7 +159,7 @@ func (l *natsLink) handlers() []nats.Option {
 			if sub != nil {
 				subject = sub.Subject
 			}
-			l.logger.Warn("NATS error", zap.String("subject", subject), zap.String("problem", natsProblem(err)), zap.Error(err))
+			l.logger.Warn("NATS error", zap.String("subject", subject), zap.String("problem", natsProblem(err)), l.errField(err))
 		}),
 	}
 }
@@ -191,7 +202,7 @@ func (a *App) options(logger *zap.Logger, l *natsLink) ([]nats.Option, error) {
 }
 
 func (a *App) authOptions() ([]nats.Option, error) {
-	auth := heartbeat.Auth{Credentials: a.Credentials, Token: a.Token, User: a.User, Password: a.Password, NKey: a.NKey}
+	auth := heartbeat.Auth{Credentials: a.auth.Credentials, Token: a.auth.Token, User: a.auth.User, Password: a.auth.Password, NKey: a.auth.NKey}
 	if a.TLS != nil {
 		if a.TLS.CA == "" && a.TLS.Cert == "" {
 			return nil, errors.New("cx: tls needs a ca file, a cert and key, or both")

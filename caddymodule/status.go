@@ -55,6 +55,17 @@ type StatusPage struct {
 
 	// Refresh is how often the page polls for fresh data. Default: 1s.
 	Refresh caddy.Duration `json:"refresh,omitempty"`
+
+	// Limit is how many instances of each service are listed at most;
+	// the report counts the others by state. Default: 1000.
+	Limit int `json:"limit,omitempty"`
+
+	// Public silences the warning logged at start when the page is served
+	// on a listener beyond loopback with no authentication handler (such
+	// as basic_auth) before it. Set it when the page is protected some
+	// other way (a firewall, forward_auth, a proxy in front) or is meant
+	// to be public.
+	Public bool `json:"public,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -75,6 +86,9 @@ func (p *StatusPage) Provision(caddy.Context) error {
 	if p.Refresh < 0 {
 		return fmt.Errorf("cx_status: refresh must be a positive duration like 1s")
 	}
+	if p.Limit < 0 {
+		return fmt.Errorf("cx_status: limit must be a positive number of instances")
+	}
 	if p.Refresh == 0 {
 		p.Refresh = caddy.Duration(DefaultStatusRefresh)
 	}
@@ -91,7 +105,7 @@ func (p *StatusPage) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyht
 		return caddyhttp.Error(http.StatusMethodNotAllowed, fmt.Errorf("cx_status answers GET and HEAD only"))
 	}
 	if wantsJSON(r) {
-		if err := writeStatusJSON(w, r, statusReport(p.SubjectPrefixes)); err != nil {
+		if err := writeStatusJSON(w, r, statusReport(p.SubjectPrefixes, p.Limit)); err != nil {
 			return caddyhttp.Error(http.StatusInternalServerError, err)
 		}
 		return nil

@@ -1,6 +1,8 @@
 package caddymodule
 
 import (
+	"strconv"
+
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -26,6 +28,8 @@ func parseCxStatus(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) 
 //		subject_prefix <prefix...>
 //		title          <text>
 //		refresh        <duration>
+//		limit          <instances>
+//		public
 //	}
 //
 // A path as the matcher (`cx_status /ha`) serves the page at that path.
@@ -50,8 +54,23 @@ func (p *StatusPage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := durationArg(d, &p.Refresh); err != nil {
 				return err
 			}
+		case "limit":
+			var v string
+			if err := oneArg(d, &v); err != nil {
+				return err
+			}
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 {
+				return d.Errf("limit %q: want a positive number of instances", v)
+			}
+			p.Limit = n
+		case "public":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			p.Public = true
 		default:
-			return d.Errf("unknown cx_status option %q; allowed: subject_prefix, title, refresh", opt)
+			return d.Errf("unknown cx_status option %q; allowed: subject_prefix, title, refresh, limit, public", opt)
 		}
 	}
 	return nil

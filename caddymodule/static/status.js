@@ -71,8 +71,13 @@
 
 	function service(svc) {
 		var bad = conflictRoles(svc);
-		var counts = { active: 0, draining: 0, stale: 0, left: 0 };
-		svc.instances.forEach(function (i) { counts[i.state]++; });
+		// state_counts counts every instance, listed or not (the report
+		// lists at most its limit).
+		var counts = svc.state_counts;
+		if (!counts) {
+			counts = { active: 0, draining: 0, stale: 0, left: 0 };
+			svc.instances.forEach(function (i) { counts[i.state]++; });
+		}
 		var section = el("section", { "data-service": svc.subject_prefix });
 		section.appendChild(el("h2", {}, ["Service ", el("code", { text: svc.subject_prefix })]));
 		svc.warnings.forEach(function (w) { section.appendChild(el("p", { "class": "warning", role: "alert", text: "⚠ " + w })); });

@@ -15,6 +15,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/caddy-cx/caddy-cx/heartbeat"
+	"github.com/caddy-cx/caddy-cx/internal/redact"
 )
 
 // Config is what the sidecar announces and how it reaches NATS.
@@ -207,12 +208,12 @@ func validNATS(urls string) error {
 	for _, u := range strings.Split(urls, ",") {
 		parsed, err := url.Parse(strings.TrimSpace(u))
 		if err != nil || parsed.Host == "" {
-			return fmt.Errorf("--nats %q is not a URL like nats://nats:4222", u)
+			return fmt.Errorf("--nats %q is not a URL like nats://nats:4222", redact.URL(u))
 		}
 		switch parsed.Scheme {
 		case "nats", "tls", "ws", "wss":
 		default:
-			return fmt.Errorf("--nats %q: scheme must be nats, tls, ws or wss", u)
+			return fmt.Errorf("--nats %q: scheme must be nats, tls, ws or wss", redact.URL(u))
 		}
 	}
 	return nil

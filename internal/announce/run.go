@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/caddy-cx/caddy-cx/heartbeat"
+	"github.com/caddy-cx/caddy-cx/internal/redact"
 )
 
 // Run announces the application described by c until ctx is done or a
@@ -26,18 +27,20 @@ func Run(ctx context.Context, c *Config, signals <-chan os.Signal, log *slog.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	log = log.With("instance", c.ID)
+	// Every line is redacted: the NATS url's user info is a password or
+	// a token, and nats.go's own redaction keeps a token in the clear.
+	log = redact.NewLogger(log).With("instance", c.ID)
 	opts, err := c.Auth.natsOptions()
 	if err != nil {
 		return err
 	}
 	nc, err := heartbeat.Connect(c.NATS, append(connHandlers(log), append(opts, nats.Name("caddy-cx announce "+c.ID))...)...)
 	if err != nil {
-		return fmt.Errorf("connecting to NATS at %s: %w", c.NATS, err)
+		return fmt.Errorf("connecting to NATS at %s: %s", redact.URL(c.NATS), redact.Known(err.Error(), c.NATS))
 	}
 	defer nc.Close()
 	if !nc.IsConnected() {
-		log.Warn("NATS unreachable; retrying in the background", "nats", c.NATS, "error", nc.LastError())
+		log.Warn("NATS unreachable; retrying in the background", "nats", redact.URL(c.NATS), "error", nc.LastError())
 	}
 
 	s := &sidecar{cfg: c, nc: nc, log: log, state: heartbeat.StateReady}
@@ -65,8 +68,8 @@ func Run(ctx context.Context, c *Config, signals <-chan os.Signal, log *slog.Log
 
 func connHandlers(log *slog.Logger) []nats.Option {
 	return []nats.Option{
-		nats.ConnectHandler(func(nc *nats.Conn) { log.Info("connected to NATS", "server", nc.ConnectedUrlRedacted()) }),
-		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("reconnected to NATS", "server", nc.ConnectedUrlRedacted()) }),
+		nats.ConnectHandler(func(nc *nats.Conn) { log.Info("connected to NATS", "server", redact.URL(nc.ConnectedUrl())) }),
+		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("reconnected to NATS", "server", redact.URL(nc.ConnectedUrl())) }),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
 				log.Warn("lost NATS connection; heartbeats resume on reconnect", "error", err)
