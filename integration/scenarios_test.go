@@ -214,7 +214,7 @@ func Test503Storm(t *testing.T) {
 		}
 		return nil
 	})
-	time.Sleep(300 * time.Millisecond)
+	posts.waitServed(t, 5*time.Second, "app1", 5, time.Time{})
 
 	stormAt := time.Now()
 	resp, err := http.Post(fmt.Sprintf("%s/admin/fail?ms=%d", app1.URL, storm.Milliseconds()), "text/plain", nil)
@@ -222,12 +222,14 @@ func Test503Storm(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = resp.Body.Close()
+	failing := time.Now() // app1 answers 503 to every request sent from now on
 	stormEnd := stormAt.Add(storm)
-	time.Sleep(time.Until(stormEnd.Add(time.Second)))
 	// After the storm app1 (priority 0) gets the traffic back once its
-	// passive-health penalty (fail_timeout) expires; reported, not
-	// asserted here.
-	back := poll(15*time.Second, func() bool { return gets.Results().Since(stormEnd).ByInstance()["app1"] >= 20 })
+	// passive-health penalty expires: fail_timeout (10s, the default)
+	// after its last failure, which came between stormAt and stormEnd.
+	back := poll(time.Until(stormEnd.Add(defaultFailTimeout+5*time.Second)), func() bool {
+		return gets.Results().Since(stormEnd).ByInstance()["app1"] >= 20
+	})
 	grs, prs := gets.Stop(), posts.Stop()
 
 	t.Logf("GETs: %s", grs.Summary())
@@ -257,13 +259,28 @@ func Test503Storm(t *testing.T) {
 	t.Logf("POSTs during the storm: %d answered 503 by app1 (passed to the client, not replayed), %d failed otherwise", p503, pOther)
 	during := grs.Since(stormAt).Before(stormEnd)
 	t.Logf("GETs started during the storm: %s", during.Summary())
-	if back {
-		first := firstServed(grs.Since(stormEnd), "app1")
-		t.Logf("storm end -> app1 serves GETs again: %s", ms(first.Start.Sub(stormEnd)))
-	} else {
-		t.Logf("app1 did not get GETs back within 15s of the storm's end")
+	if !back {
+		t.Fatalf("app1 did not get GETs back within fail_timeout (%v) + 5s of the storm's end: %s",
+			defaultFailTimeout, gets.Results().Since(stormEnd).Summary())
+	}
+	first := firstServed(grs.Since(failing), "app1")
+	t.Logf("storm start -> app1 serves GETs again: %s (storm %v, fail_timeout %v)", ms(first.Start.Sub(stormAt)), storm, defaultFailTimeout)
+	// Not before fail_timeout after its first failure (after stormAt;
+	// 100ms for a request on its way to the gateway), not later than
+	// fail_timeout after its last (before stormEnd; 1s for the load's
+	// schedule and -race).
+	if early := stormAt.Add(defaultFailTimeout - 100*time.Millisecond); first.Start.Before(early) {
+		t.Errorf("app1 served a GET %s after the storm began: its passive-health penalty (fail_timeout %v) was cut short",
+			ms(first.Start.Sub(stormAt)), defaultFailTimeout)
+	}
+	if late := stormEnd.Add(defaultFailTimeout + time.Second); first.Start.After(late) {
+		t.Errorf("app1 served GETs again only %s after the storm ended; want within fail_timeout (%v) of its last failure",
+			ms(first.Start.Sub(stormEnd)), defaultFailTimeout)
 	}
 }
+
+// defaultFailTimeout is cx_proxy's fail_timeout when not set (README).
+const defaultFailTimeout = 10 * time.Second
 
 // TestWebSockets200SurviveReloadAndChurn opens 200 WebSockets through the
 // gateway (round-robin over app1 and app2), then churns other instances
