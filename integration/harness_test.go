@@ -33,10 +33,11 @@ import (
 
 // Binaries built by TestMain.
 var bins struct {
-	dir     string
-	caddy   string
-	backend string
-	nats    string
+	dir        string
+	caddy      string // built with -race: what every scenario runs
+	caddyPlain string // without: for figures the race detector distorts (memory, throughput)
+	backend    string
+	nats       string
 }
 
 func TestMain(m *testing.M) {
@@ -52,10 +53,12 @@ func TestMain(m *testing.M) {
 	}
 	bins.dir = dir
 	bins.caddy = filepath.Join(dir, "caddy-cx")
+	bins.caddyPlain = filepath.Join(dir, "caddy-cx-plain")
 	bins.backend = filepath.Join(dir, "testbackend")
 	bins.nats = filepath.Join(dir, "nats-server")
 	builds := [][]string{
 		{"build", "-race", "-o", bins.caddy, "./cmd/caddy-cx"},
+		{"build", "-o", bins.caddyPlain, "./cmd/caddy-cx"},
 		{"build", "-o", bins.backend, "./integration/testbackend"},
 		{"build", "-o", bins.nats, "github.com/nats-io/nats-server/v2"},
 	}
@@ -445,9 +448,15 @@ const (
 )
 
 // startGateway writes caddyfile (with ADMIN_ADDR and SITE_ADDR replaced by
-// free addresses) to a temp dir, runs `caddy-cx run` on it and waits
-// until the site answers (any status).
+// free addresses) to a temp dir, runs the race-built `caddy-cx run` on it
+// and waits until the site answers (any status).
 func startGateway(t testing.TB, caddyfile string) *gateway {
+	t.Helper()
+	return startGatewayBin(t, bins.caddy, caddyfile)
+}
+
+// startGatewayBin is startGateway with the caddy-cx binary bin.
+func startGatewayBin(t testing.TB, bin, caddyfile string) *gateway {
 	t.Helper()
 	dir := t.TempDir()
 	g := &gateway{
@@ -459,7 +468,7 @@ func startGateway(t testing.TB, caddyfile string) *gateway {
 	if err := os.WriteFile(g.file, []byte(g.expand(caddyfile)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	g.proc = newProc(t, "gateway", bins.caddy, "run", "--config", g.file, "--adapter", "caddyfile")
+	g.proc = newProc(t, "gateway", bin, "run", "--config", g.file, "--adapter", "caddyfile")
 	g.env = []string{"XDG_DATA_HOME=" + filepath.Join(dir, "data"), "XDG_CONFIG_HOME=" + filepath.Join(dir, "config"),
 		// The race detector reports and carries on (the test's own checks
 		// still say what clients saw); checkRaces fails the test with the

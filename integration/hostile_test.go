@@ -556,7 +556,11 @@ func TestHeartbeatFloodIsBounded(t *testing.T) {
 	)
 	n := startNATS(t, 0)
 	app1 := startBackend(t, "app1", n.URL, 0)
-	gw := startGateway(t, strings.Replace(coreCaddyfile(n.URL, "", ""), "stale_after 1s",
+	// The gateway as shipped, without the race detector: it doubles the
+	// RSS this test bounds, and it slows the gateway so much that the fakes
+	// turn stale (and are evicted and replaced) before the flood is read,
+	// which is another test than this one.
+	gw := startGatewayBin(t, bins.caddyPlain, strings.Replace(coreCaddyfile(n.URL, "", ""), "stale_after 1s",
 		fmt.Sprintf("stale_after 2s\n\t\tmax_instances %d", maxInst), 1))
 	waitRoutedTo(t, gw, "app1")
 	pid := gw.Pid()
@@ -879,27 +883,50 @@ func TestHeartbeatFloodIsBounded(t *testing.T) {
 	if metricsReads == 0 {
 		t.Errorf("/metrics could not be read during the flood (%d errors)", metricsErrs)
 	}
-	// Each fake id is new: its one heartbeat is either admitted (join)
-	// or refused for capacity (README: "the excess is rejected and
-	// counted"). None may vanish uncounted.
-	if int(fakeAccounted) != hbSent {
-		t.Errorf("of %d fake heartbeats, %.0f were counted as a join or a capacity rejection; want every one (dropped by the gateway uncounted: %.0f)",
-			hbSent, fakeAccounted, float64(hbSent)-fakeAccounted)
+	// Every message on the heartbeat subjects is applied or refused and
+	// counted (README: "dropped, counted and logged"; max_instances: "the
+	// excess is rejected and counted"). Each fake id is new: its one
+	// heartbeat is a join or a rejection; each garbage message a
+	// rejection. So joins plus rejections of every reason equal what was
+	// sent: a message the gateway lost uncounted (a slow consumer's drop,
+	// say) makes the sums differ.
+	if got, want := sum(delta)+evDelta["join"], float64(hbSent+junkMsgs); got != want {
+		t.Errorf("joins + rejections counted during the flood: %.0f; want one for each of the %d fake heartbeats and %d garbage messages (%.0f): %.0f lost uncounted; slow consumer reports: %s",
+			got, hbSent, junkMsgs, want, want-got, slowConsumerReports(gw, n))
 	}
-	// Every garbage message is refused and counted once, under a reason
-	// other than capacity and rate (which only valid heartbeats reach).
-	if int(garbageReasons) != junkMsgs {
-		t.Errorf("%.0f garbage rejections counted for %d garbage messages sent; want one each (by reason: %s)",
-			garbageReasons, junkMsgs, formatCounts(delta))
+	// ... and none is counted twice.
+	if fakeAccounted > float64(hbSent) {
+		t.Errorf("%.0f joins and capacity rejections for %d fake heartbeats", fakeAccounted, hbSent)
 	}
-	if delta["subject"] != float64(sent["bad-subject"]) {
-		t.Errorf("rejections for reason subject: %.0f; want the %d messages sent on a subject with an invalid id",
-			delta["subject"], sent["bad-subject"])
+	if garbageReasons > float64(junkMsgs) || delta["subject"] > float64(sent["bad-subject"]) {
+		t.Errorf("%.0f garbage rejections for %d garbage messages, %.0f for reason subject for %d sent on an invalid subject",
+			garbageReasons, junkMsgs, delta["subject"], sent["bad-subject"])
 	}
 	if gw.exited() {
 		t.Errorf("the gateway exited")
 	}
 	checkRejectionLogRate(t, gw, delta)
+}
+
+// slowConsumerReports lists what the gateway's and the NATS server's
+// logs say about messages dropped for a slow consumer (client side:
+// nats.go's pending limits; server side: the server's write deadline).
+func slowConsumerReports(gw *gateway, n *natsServer) string {
+	var out []string
+	for _, p := range []*proc{gw.proc, n.proc} {
+		for line := range strings.SplitSeq(p.Log(), "\n") {
+			if strings.Contains(strings.ToLower(line), "slow consumer") {
+				out = append(out, p.name+": "+truncate(line, 300))
+			}
+		}
+	}
+	if len(out) == 0 {
+		return "none in the gateway's or the NATS server's log"
+	}
+	if len(out) > 5 {
+		out = append(out[:5], fmt.Sprintf("... %d lines in all", len(out)))
+	}
+	return strings.Join(out, "\n")
 }
 
 // rejectLogEvery is how often the gateway logs a rejection of one reason
