@@ -105,10 +105,11 @@ func TestFailoverOnSIGKILL(t *testing.T) {
 	}
 
 	// Staleness within stale_after (1s) of the last heartbeat (at most one
-	// interval, 200ms, before the kill), plus sweeping and scheduling slack.
+	// interval, 200ms, before the kill), noticed by the next sweep (50ms);
+	// 450ms more for -race and scheduling on a loaded machine.
 	staleDelay := staleAt.Sub(killAt)
-	if staleDelay > 2*time.Second {
-		t.Errorf("app1 turned stale %s after SIGKILL; want about stale_after (1s)", ms(staleDelay))
+	if staleDelay > staleAfter+500*time.Millisecond {
+		t.Errorf("app1 turned stale %s after SIGKILL; want within stale_after (%v) + 500ms", ms(staleDelay), staleAfter)
 	}
 
 	// Once restarted, app1 (priority 0) takes all the traffic back: the
@@ -250,6 +251,8 @@ func TestLeavingStopsTraffic(t *testing.T) {
 		slowEnd = maxTime(slowEnd, r.End())
 	}
 
+	// leaving is published on SIGTERM and reaches the gateway in one NATS
+	// hop (measured: 1-2ms); 500ms is scheduling slack, not protocol.
 	leaveDelay := leave.Time().Sub(termAt)
 	if leaveDelay > 500*time.Millisecond {
 		t.Errorf("gateway saw app1 leave %s after SIGTERM; want milliseconds", ms(leaveDelay))
