@@ -187,7 +187,8 @@ func (g *gateway) LoadViaAdmin(caddyfile string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bins.caddy, "adapt", "--config", g.file, "--adapter", "caddyfile")
+	// The CLI is not under test: the plain build (see Reload).
+	cmd := exec.CommandContext(ctx, bins.caddyPlain, "adapt", "--config", g.file, "--adapter", "caddyfile")
 	cmd.Env = append(os.Environ(), g.env...)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
