@@ -56,10 +56,7 @@ func TestFailoverOnSIGKILL(t *testing.T) {
 	// instance, which clients do not see.
 	global := fmt.Sprintf("\tlog proxydebug {\n\t\toutput file %s\n\t\tformat json\n\t\tlevel DEBUG\n\t\tinclude http.handlers.reverse_proxy\n\t}", proxyLog)
 	n, app1, _, gw := startCore(t, global, "")
-	_, adminAPI := gw.Instances()
-	if !adminAPI {
-		t.Log("GET /cx/instances is not available on the admin API: staleness is measured from the gateway's log only")
-	}
+	requireAdminAPI(t, gw)
 
 	load := startLoad(t, gw.URL+"/", loadEvery)
 	load.waitServed(t, 5*time.Second, "app1", 200, time.Time{})
@@ -70,14 +67,11 @@ func TestFailoverOnSIGKILL(t *testing.T) {
 	killAt := time.Now()
 	app1.Kill()
 
-	var adminStale time.Duration
-	if adminAPI {
-		waitFor(t, 5*time.Second, "/cx/instances to show app1 stale", func() bool {
-			st, _ := gw.instanceState("app1")
-			return st == "stale"
-		})
-		adminStale = time.Since(killAt)
-	}
+	waitFor(t, 5*time.Second, "/cx/instances to show app1 stale", func() bool {
+		st, _ := gw.instanceState("app1")
+		return st == "stale"
+	})
+	adminStale := time.Since(killAt)
 	stale := gw.waitLog(t, 5*time.Second, "app1 turns stale", membershipEvent("stale", "app1", killAt))
 	staleAt := stale.Time()
 	load.waitServed(t, 5*time.Second, "app2", 200, staleAt)
@@ -111,10 +105,11 @@ func TestFailoverOnSIGKILL(t *testing.T) {
 	}
 
 	// Staleness within stale_after (1s) of the last heartbeat (at most one
-	// interval, 200ms, before the kill), plus sweeping and scheduling slack.
+	// interval, 200ms, before the kill), noticed by the next sweep (50ms);
+	// 450ms more for -race and scheduling on a loaded machine.
 	staleDelay := staleAt.Sub(killAt)
-	if staleDelay > 2*time.Second {
-		t.Errorf("app1 turned stale %s after SIGKILL; want about stale_after (1s)", ms(staleDelay))
+	if staleDelay > staleAfter+500*time.Millisecond {
+		t.Errorf("app1 turned stale %s after SIGKILL; want within stale_after (%v) + 500ms", ms(staleDelay), staleAfter)
 	}
 
 	// Once restarted, app1 (priority 0) takes all the traffic back: the
@@ -153,8 +148,19 @@ func TestFailoverOnSIGKILL(t *testing.T) {
 		// errors, long before stale_after: new requests stop being tried
 		// on it. Only attempts already under way may still fail.
 		const passiveWindow = 500 * time.Millisecond
+		// At 200 requests/s some were under way on app1 or sent to it
+		// right after the kill: they must show as failed round trips. None
+		// means the log no longer says what this check reads (Caddy
+		// renamed its debug message, or the log is not configured).
 		if attempts == 0 {
-			t.Skipf("no failed attempts against app1 in the gateway's debug log %s", proxyLog)
+			roundTrips := 0
+			for _, e := range logEntries(proxyLog) {
+				if e.Str("msg") == "upstream roundtrip" {
+					roundTrips++
+				}
+			}
+			t.Fatalf("no failed attempts against app1 (%s) in the gateway's debug log %s, which has %d \"upstream roundtrip\" entries in all: this check cannot see the dead instance's connection errors",
+				app1.Addr, proxyLog, roundTrips)
 		}
 		if late := countAfter(failed, firstAttempt.Add(passiveWindow)); late > 0 {
 			t.Errorf("the gateway kept trying dead app1 for %s after its first connection error (%d of %d failed attempts came more than %s after the first; the last %s after SIGKILL, staleness at %s): connection errors do not take an instance out of rotation",
@@ -163,9 +169,7 @@ func TestFailoverOnSIGKILL(t *testing.T) {
 	})
 	window := rs.Since(killAt).Before(staleAt)
 	t.Logf("SIGKILL -> app1 stale in the gateway's log: %s (stale_after 1s, heartbeat interval 200ms)", ms(staleDelay))
-	if adminAPI {
-		t.Logf("SIGKILL -> /cx/instances shows app1 stale: %s", ms(adminStale))
-	}
+	t.Logf("SIGKILL -> /cx/instances shows app1 stale: %s", ms(adminStale))
 	if attempts > 0 {
 		t.Logf("SIGKILL -> last failed attempt against app1: %s; %d failed attempts retried on app2 (gateway debug log)",
 			ms(lastAttempt.Sub(killAt)), attempts)
@@ -247,6 +251,8 @@ func TestLeavingStopsTraffic(t *testing.T) {
 		slowEnd = maxTime(slowEnd, r.End())
 	}
 
+	// leaving is published on SIGTERM and reaches the gateway in one NATS
+	// hop (measured: 1-2ms); 500ms is scheduling slack, not protocol.
 	leaveDelay := leave.Time().Sub(termAt)
 	if leaveDelay > 500*time.Millisecond {
 		t.Errorf("gateway saw app1 leave %s after SIGTERM; want milliseconds", ms(leaveDelay))
@@ -308,31 +314,47 @@ func backendCount(b *backend, path string) int {
 // TestNATSOutageUnderLoad kills the NATS server for 5s under load: routing
 // continues on the known members (nobody turns stale: silence proves
 // nothing while the gateway is disconnected), no request fails, and after
-// NATS returns on the same port a new instance is routed to.
+// NATS returns on the same port a new instance is routed to. The loss and
+// the return are logged once each (README), and every view of the
+// connection follows it: caddy_cx_nats_connected, nats_connected of the
+// admin API and of the status page's JSON, and the page's warning.
 func TestNATSOutageUnderLoad(t *testing.T) {
 	const outage = 5 * time.Second
-	n, _, _, gw := startCore(t, "", "")
-	_, adminAPI := gw.Instances()
+	n, _, _, gw := startCore(t, "", "\tcx_status /ha")
+	requireAdminAPI(t, gw)
+	waitNATSViews(t, gw, true, 5*time.Second)
 	load := startLoad(t, gw.URL+"/", loadEvery)
 	load.waitServed(t, 5*time.Second, "app1", 100, time.Time{})
 
 	killAt := time.Now()
 	n.Kill()
+	// The kernel closes the dead server's sockets: the client reads EOF at
+	// once, and every view says so within a second.
+	downSeen := waitNATSViews(t, gw, false, time.Second)
+	t.Logf("NATS killed -> every view shows the gateway disconnected: %s", ms(downSeen.Sub(killAt)))
 	// The outage lasts `outage` whatever happens; meanwhile the admin API
-	// (if there is one) must keep listing both instances as active.
-	var adminStates []string
+	// keeps listing both instances as active and every view of the
+	// connection keeps saying it is down.
+	var problems []string
 	for time.Since(killAt) < outage {
-		if adminAPI {
-			for _, id := range []string{"app1", "app2"} {
-				if st, ok := gw.instanceState(id); ok && st != "active" {
-					adminStates = append(adminStates, fmt.Sprintf("%s %s at +%s", id, st, ms(time.Since(killAt))))
-				}
+		at := "+" + ms(time.Since(killAt))
+		for _, id := range []string{"app1", "app2"} {
+			if st, ok := gw.instanceState(id); !ok {
+				problems = append(problems, fmt.Sprintf("/cx/instances unreadable at %s", at))
+			} else if st != "active" {
+				problems = append(problems, fmt.Sprintf("/cx/instances shows %s %s at %s", id, st, at))
 			}
+		}
+		if v := gw.natsViews(); !v.all(false) {
+			problems = append(problems, fmt.Sprintf("at %s: %s", at, v))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	restartAt := time.Now()
 	n.Restart()
+	// nats.go retries every 250ms plus up to 1s of jitter.
+	upSeen := waitNATSViews(t, gw, true, 3*time.Second)
+	t.Logf("NATS restarted -> every view shows the gateway connected: %s", ms(upSeen.Sub(restartAt)))
 
 	startBackend(t, "app3", n.URL, -1)
 	load.waitServed(t, 15*time.Second, "app3", 50, restartAt)
@@ -354,22 +376,14 @@ func TestNATSOutageUnderLoad(t *testing.T) {
 			t.Errorf("%s turned stale %s into the NATS outage; the registry must freeze while disconnected", id, ms(e.Time().Sub(killAt)))
 		}
 	}
-	if len(adminStates) > 0 {
-		t.Errorf("/cx/instances during the outage: %s", strings.Join(adminStates, "; "))
+	if len(problems) > 0 {
+		t.Errorf("during the outage (%d problems):\n%s", len(problems), strings.Join(problems[:min(len(problems), 10)], "\n"))
 	}
-
+	lost, re := checkNATSLossLogged(t, gw, killAt, restartAt)
+	t.Logf("NATS killed -> gateway logs the loss: %s; NATS restarted -> gateway logs reconnecting: %s",
+		ms(lost.Sub(killAt)), ms(re.Sub(restartAt)))
 	if first := firstServed(rs.Since(restartAt), "app3"); !first.Start.IsZero() {
 		t.Logf("NATS back -> app3 (started after it, priority -1) first served: %s", ms(first.Start.Sub(restartAt)))
-	}
-	if lost, ok := gw.findLog(func(e logEntry) bool {
-		return strings.Contains(e.Str("msg"), "lost NATS") && !e.Time().Before(killAt)
-	}); ok {
-		t.Logf("NATS killed -> gateway logs the loss: %s", ms(lost.Time().Sub(killAt)))
-	}
-	if re, ok := gw.findLog(func(e logEntry) bool {
-		return strings.Contains(e.Str("msg"), "reconnected to NATS") && !e.Time().Before(restartAt)
-	}); ok {
-		t.Logf("NATS restarted -> gateway logs reconnecting: %s", ms(re.Time().Sub(restartAt)))
 	}
 	for _, e := range logEntries(gw.logPath) {
 		if e.Str("event") == "stale" && !e.Time().Before(restartAt) {
@@ -377,6 +391,164 @@ func TestNATSOutageUnderLoad(t *testing.T) {
 				e.Str("instance"), ms(e.Time().Sub(restartAt)))
 		}
 	}
+}
+
+// requireAdminAPI fails the test unless the gateway's admin API answers
+// GET /cx/instances: the checks that read it must not switch themselves
+// off.
+func requireAdminAPI(t testing.TB, gw *gateway) {
+	t.Helper()
+	if _, ok := gw.Instances(); !ok {
+		t.Fatalf("GET http://%s/cx/instances does not answer with the instances' JSON", gw.AdminAddr)
+	}
+}
+
+// Log messages of the gateway's NATS connection (caddymodule/natslink.go).
+const (
+	msgNATSLost        = "lost NATS connection"
+	msgNATSReconnected = "reconnected to NATS"
+)
+
+// checkNATSLossLogged checks that the gateway logged losing NATS exactly
+// once, after lostAfter, and reconnecting exactly once, after
+// backAfter, and returns when.
+func checkNATSLossLogged(t testing.TB, gw *gateway, lostAfter, backAfter time.Time) (lost, back time.Time) {
+	t.Helper()
+	// The reconnect line may still be on its way.
+	poll(3*time.Second, func() bool {
+		_, ok := gw.findLog(func(e logEntry) bool { return strings.HasPrefix(e.Str("msg"), msgNATSReconnected) })
+		return ok
+	})
+	var losses, returns []logEntry
+	for _, e := range logEntries(gw.logPath) {
+		switch msg := e.Str("msg"); {
+		case strings.HasPrefix(msg, msgNATSLost):
+			losses = append(losses, e)
+		case strings.HasPrefix(msg, msgNATSReconnected):
+			returns = append(returns, e)
+		}
+	}
+	if len(losses) != 1 || len(returns) != 1 {
+		t.Errorf("the gateway logged %q %d times and %q %d times; want once each (README)",
+			msgNATSLost, len(losses), msgNATSReconnected, len(returns))
+	}
+	if len(losses) > 0 {
+		lost = losses[0].Time()
+		if lost.Before(lostAfter) {
+			t.Errorf("%q logged %s before NATS went away", msgNATSLost, ms(lostAfter.Sub(lost)))
+		}
+	}
+	if len(returns) > 0 {
+		back = returns[0].Time()
+		if back.Before(backAfter) {
+			t.Errorf("%q logged %s before NATS came back", msgNATSReconnected, ms(backAfter.Sub(back)))
+		}
+	}
+	return lost, back
+}
+
+// natsViews is what the gateway shows of its NATS connection, each as
+// "connected", "disconnected" or why it could not be read.
+type natsViews struct {
+	metric  string // caddy_cx_nats_connected on the admin API's /metrics
+	admin   string // nats_connected of GET /cx/instances
+	page    string // nats_connected of the status page's JSON (cx_status at /ha)
+	warning string // whether the page's JSON warns that NATS is lost
+}
+
+func (v natsViews) String() string {
+	return fmt.Sprintf("caddy_cx_nats_connected %s, /cx/instances %s, status page %s, page warning %s", v.metric, v.admin, v.page, v.warning)
+}
+
+// all reports whether every view says connected (or, with false, that
+// every one says disconnected and the page warns).
+func (v natsViews) all(connected bool) bool {
+	want, warn := "connected", "absent"
+	if !connected {
+		want, warn = "disconnected", "present"
+	}
+	return v.metric == want && v.admin == want && v.page == want && v.warning == warn
+}
+
+func connectedWord(b bool) string {
+	if b {
+		return "connected"
+	}
+	return "disconnected"
+}
+
+// natsViews reads the gateway's views of its NATS connection; the site
+// must serve cx_status at /ha.
+func (g *gateway) natsViews() natsViews {
+	var v natsViews
+	if samples, err := g.metrics(); err != nil {
+		v.metric = err.Error()
+	} else {
+		v.metric = "missing"
+		for _, s := range samples {
+			if s.Name == "caddy_cx_nats_connected" {
+				v.metric = map[float64]string{0: "disconnected", 1: "connected"}[s.Value]
+				if v.metric == "" {
+					v.metric = fmt.Sprintf("value %v", s.Value)
+				}
+			}
+		}
+	}
+	if doc, ok := g.Instances(); !ok || len(doc.Services) != 1 {
+		v.admin = fmt.Sprintf("unreadable (%d services)", len(doc.Services))
+	} else {
+		v.admin = connectedWord(doc.Services[0].NATSConnected)
+	}
+	var page struct {
+		Services []struct {
+			NATSConnected bool     `json:"nats_connected"`
+			Warnings      []string `json:"warnings"`
+		} `json:"services"`
+	}
+	if err := getJSONAccept(g.URL+"/ha", &page); err != nil || len(page.Services) != 1 {
+		v.page = fmt.Sprintf("unreadable (%v, %d services)", err, len(page.Services))
+		v.warning = "unknown"
+	} else {
+		v.page = connectedWord(page.Services[0].NATSConnected)
+		v.warning = "absent"
+		for _, w := range page.Services[0].Warnings {
+			if strings.Contains(w, "not connected to NATS") {
+				v.warning = "present"
+			}
+		}
+	}
+	return v
+}
+
+// waitNATSViews waits until every view of the gateway's NATS connection
+// says connected (or disconnected) and returns when they did.
+func waitNATSViews(t testing.TB, gw *gateway, connected bool, timeout time.Duration) time.Time {
+	t.Helper()
+	var last natsViews
+	if !poll(timeout, func() bool { last = gw.natsViews(); return last.all(connected) }) {
+		t.Fatalf("timed out after %v waiting for every view of the gateway's NATS connection to say %s; last: %s",
+			timeout, connectedWord(connected), last)
+	}
+	return time.Now()
+}
+
+// getJSONAccept is getJSON asking for JSON with the Accept header.
+func getJSONAccept(url string, v any) error {
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Accept", "application/json")
+	c := &http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: status %d", url, resp.StatusCode)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
 }
 
 // TestWebSocketSurvivesReloadAndChurn keeps a WebSocket open through the
@@ -520,10 +692,17 @@ func TestRetryOn503AndPassiveHealth(t *testing.T) {
 	t.Logf("app1 got %d of the %d GETs while answering 503", hits, len(rs))
 	t.Run("passive_health_503", func(t *testing.T) {
 		// nginx takes a server out for fail_timeout after max_fails (1)
-		// failures; only requests already under way may still reach it.
-		if limit := len(rs) / 10; hits > limit {
-			t.Errorf("app1 got %d of %d GETs while it answered 503 to all of them (want at most %d): 503s of idempotent requests do not take an instance out of rotation",
-				hits, len(rs), limit)
+		// failures. The load's first GET went to app1 (priority 0; the
+		// POST's 503 does not count); once its 503 was back, app1 was out.
+		// Only the GETs sent before that first one was answered could
+		// still have been routed to app1.
+		limit := 1
+		if len(rs) > 0 {
+			limit += len(rs[1:].Before(rs[0].End()))
+		}
+		if hits > limit {
+			t.Errorf("app1 got %d of %d GETs while it answered 503 to all of them (want at most %d: the first and the %d sent while it was under way): 503s of idempotent requests do not take an instance out of rotation",
+				hits, len(rs), limit, limit-1)
 		}
 	})
 }

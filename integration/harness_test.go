@@ -4,8 +4,9 @@
 //
 //	go test -race -count=1 ./integration/
 //
-// TestMain builds the three binaries once per run; -short skips the
-// package.
+// TestMain builds the three binaries once per run, the gateway with the
+// race detector: a data race in caddy-cx under these scenarios fails the
+// test that ran it (see checkRaces). -short skips the package.
 package integration
 
 import (
@@ -20,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,10 +33,11 @@ import (
 
 // Binaries built by TestMain.
 var bins struct {
-	dir     string
-	caddy   string
-	backend string
-	nats    string
+	dir        string
+	caddy      string // built with -race: the gateway of every scenario
+	caddyPlain string // without: the CLI (reload, adapt), and figures the race detector distorts (memory, throughput)
+	backend    string
+	nats       string
 }
 
 func TestMain(m *testing.M) {
@@ -50,10 +53,12 @@ func TestMain(m *testing.M) {
 	}
 	bins.dir = dir
 	bins.caddy = filepath.Join(dir, "caddy-cx")
+	bins.caddyPlain = filepath.Join(dir, "caddy-cx-plain")
 	bins.backend = filepath.Join(dir, "testbackend")
 	bins.nats = filepath.Join(dir, "nats-server")
 	builds := [][]string{
-		{"build", "-o", bins.caddy, "./cmd/caddy-cx"},
+		{"build", "-race", "-o", bins.caddy, "./cmd/caddy-cx"},
+		{"build", "-o", bins.caddyPlain, "./cmd/caddy-cx"},
 		{"build", "-o", bins.backend, "./integration/testbackend"},
 		{"build", "-o", bins.nats, "github.com/nats-io/nats-server/v2"},
 	}
@@ -443,9 +448,15 @@ const (
 )
 
 // startGateway writes caddyfile (with ADMIN_ADDR and SITE_ADDR replaced by
-// free addresses) to a temp dir, runs `caddy-cx run` on it and waits
-// until the site answers (any status).
+// free addresses) to a temp dir, runs the race-built `caddy-cx run` on it
+// and waits until the site answers (any status).
 func startGateway(t testing.TB, caddyfile string) *gateway {
+	t.Helper()
+	return startGatewayBin(t, bins.caddy, caddyfile)
+}
+
+// startGatewayBin is startGateway with the caddy-cx binary bin.
+func startGatewayBin(t testing.TB, bin, caddyfile string) *gateway {
 	t.Helper()
 	dir := t.TempDir()
 	g := &gateway{
@@ -457,8 +468,18 @@ func startGateway(t testing.TB, caddyfile string) *gateway {
 	if err := os.WriteFile(g.file, []byte(g.expand(caddyfile)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	g.proc = newProc(t, "gateway", bins.caddy, "run", "--config", g.file, "--adapter", "caddyfile")
-	g.env = []string{"XDG_DATA_HOME=" + filepath.Join(dir, "data"), "XDG_CONFIG_HOME=" + filepath.Join(dir, "config")}
+	g.proc = newProc(t, "gateway", bin, "run", "--config", g.file, "--adapter", "caddyfile")
+	g.env = []string{"XDG_DATA_HOME=" + filepath.Join(dir, "data"), "XDG_CONFIG_HOME=" + filepath.Join(dir, "config"),
+		// The race detector reports and carries on (the test's own checks
+		// still say what clients saw); checkRaces fails the test with the
+		// report. A gateway that exits after a race exits with 66.
+		"GORACE=halt_on_error=0 exitcode=66"}
+	// Registered after newProc's cleanup, so it runs first: it ends the
+	// gateway itself, so that the log is complete when it is read.
+	t.Cleanup(func() {
+		g.Kill()
+		g.checkRaces(t)
+	})
 	if err := g.start(nil); err != nil {
 		t.Fatal(err)
 	}
@@ -485,6 +506,42 @@ func startGateway(t testing.TB, caddyfile string) *gateway {
 			g.URL, g.goroutineDump())
 	}
 	return g
+}
+
+// raceMarkers start the race detector's reports in the gateway's log;
+// the last two end the process (too many goroutines, no shadow memory).
+var raceMarkers = []string{"WARNING: DATA RACE", "race: limit on", "ThreadSanitizer"}
+
+// raceReports returns the race detector's reports in the gateway's log,
+// each from its marker to the closing line of '=' (at most 60 lines).
+func (g *gateway) raceReports() []string {
+	lines := strings.Split(g.Log(), "\n")
+	var out []string
+	for i := 0; i < len(lines); i++ {
+		if !slices.ContainsFunc(raceMarkers, func(m string) bool { return strings.Contains(lines[i], m) }) {
+			continue
+		}
+		end := i + 1
+		for end < len(lines) && end-i < 60 && !strings.HasPrefix(lines[end], "==================") {
+			end++
+		}
+		out = append(out, strings.Join(lines[i:end], "\n"))
+		i = end
+	}
+	return out
+}
+
+// checkRaces fails the test if the race detector reported anything in
+// the gateway (built with -race by TestMain), showing the first reports.
+func (g *gateway) checkRaces(t testing.TB) {
+	t.Helper()
+	reports := g.raceReports()
+	if len(reports) == 0 {
+		return
+	}
+	shown := reports[:min(len(reports), 3)]
+	t.Errorf("the race detector reported %d problem(s) in the gateway (log %s); the first:\n%s",
+		len(reports), g.logPath, strings.Join(shown, "\n------------------\n"))
 }
 
 func (g *gateway) expand(caddyfile string) string {
@@ -527,7 +584,9 @@ func (g *gateway) Reload(caddyfile string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bins.caddy, "reload", "--config", g.file, "--adapter", "caddyfile", "--address", g.AdminAddr)
+	// The command line client is not under test: the plain build, which
+	// starts in milliseconds where the race-built one takes about a second.
+	cmd := exec.CommandContext(ctx, bins.caddyPlain, "reload", "--config", g.file, "--adapter", "caddyfile", "--address", g.AdminAddr)
 	cmd.Env = append(os.Environ(), g.env...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {

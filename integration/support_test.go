@@ -187,7 +187,8 @@ func (g *gateway) LoadViaAdmin(caddyfile string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bins.caddy, "adapt", "--config", g.file, "--adapter", "caddyfile")
+	// The CLI is not under test: the plain build (see Reload).
+	cmd := exec.CommandContext(ctx, bins.caddyPlain, "adapt", "--config", g.file, "--adapter", "caddyfile")
 	cmd.Env = append(os.Environ(), g.env...)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
@@ -298,10 +299,22 @@ func warmBaseline(t *testing.T, gw *gateway, n int, ids ...string) runtimeStats 
 	if errs := warm.Stop().Errors(); len(errs) > 0 {
 		t.Fatalf("warm-up: %d errors:\n%s", len(errs), errs.Describe(5))
 	}
-	time.Sleep(500 * time.Millisecond) // the idle client connections close
-	base, err := gw.runtimeStats()
-	if err != nil {
-		t.Fatalf("reading the gateway's runtime figures from the admin API: %v", err)
+	// The load closed its idle connections; the gateway's goroutines
+	// serving them end once it reads their EOF: the baseline is taken
+	// when the count holds still.
+	var base runtimeStats
+	var err error
+	prev := -1
+	if !poll(5*time.Second, func() bool {
+		base, err = gw.runtimeStats()
+		if err != nil {
+			return false
+		}
+		settled := base.Goroutines == prev
+		prev = base.Goroutines
+		return settled
+	}) {
+		t.Fatalf("the gateway's goroutines did not settle within 5s after the warm-up (last %d, error %v)", base.Goroutines, err)
 	}
 	return base
 }

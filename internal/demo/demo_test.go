@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,6 +20,7 @@ import (
 	"golang.org/x/net/websocket"
 
 	_ "github.com/caddy-cx/caddy-cx/caddymodule"
+	"github.com/caddy-cx/caddy-cx/membership"
 )
 
 // syncBuffer is the demo's output, with a signal when a line appears.
@@ -69,16 +72,23 @@ func (b *syncBuffer) await(t *testing.T, s string) {
 	}
 }
 
-// TestDrill runs the whole drill in-process: the kill, the roll and the
-// deploy must cost clients nothing, traffic must have moved in every step,
-// and the deploy must switch clients to the new version exactly once.
+// TestDrill runs the whole drill in-process: no step may cost clients an
+// error (the README's table claims 0 for each step it lists), traffic must
+// have moved in every step, and the deploy must switch clients to the new
+// version exactly once.
 func TestDrill(t *testing.T) {
+	const interval = 200 * time.Millisecond
+	readme := readmeDrillTable(t)
 	out := newSyncBuffer()
 	start := time.Now()
-	report, err := Run(context.Background(), Options{Drill: true, Duration: time.Second, Interval: 200 * time.Millisecond, Out: out})
+	report, err := Run(context.Background(), Options{Drill: true, Duration: time.Second, Interval: interval, Out: out})
 	t.Logf("drill took %v; output:\n%s", time.Since(start), out)
-	if err != nil && !errors.Is(err, ErrDrillErrors) && !errors.Is(err, ErrVersionSwitches) {
-		t.Fatal(err)
+	if report == nil || err != nil && !errors.Is(err, ErrDrillErrors) && !errors.Is(err, ErrVersionSwitches) {
+		t.Fatalf("the drill did not complete: %v", err)
+	}
+	if err != nil {
+		// The checks below say where.
+		t.Errorf("Run: %v", err)
 	}
 	for _, name := range []string{"baseline", "kill", "hang", "roll", "deploy"} {
 		s := report.Step(name)
@@ -92,9 +102,16 @@ func TestDrill(t *testing.T) {
 			t.Errorf("%s: traffic never moved to another instance", name)
 		}
 	}
-	for _, name := range []string{"kill", "roll", "deploy"} {
-		if s := report.Step(name); s.Errors != 0 {
-			t.Errorf("%s: %d client-visible errors: %v", name, s.Errors, s.Samples)
+	for _, s := range report.Steps {
+		if s.Errors != 0 {
+			t.Errorf("%s: %d client-visible errors of %d requests: %v", s.Name, s.Errors, s.Requests, s.Samples)
+		}
+	}
+	for name, errs := range readme {
+		if s := report.Step(name); s == nil {
+			t.Errorf("the README's drill table has a %q row; the drill has no such step", name)
+		} else if s.Errors > errs {
+			t.Errorf("%s: %d client-visible errors; the README's table claims %d", name, s.Errors, errs)
 		}
 	}
 	for _, s := range report.Steps {
@@ -112,16 +129,61 @@ func TestDrill(t *testing.T) {
 	if kill := report.Step("kill"); kill.Failover > time.Second {
 		t.Errorf("kill: failover took %v; a dead instance's connections fail at once and are retried", kill.Failover)
 	}
-	if hang := report.Step("hang"); hang.Failover < staleAfter(200*time.Millisecond)/2 {
-		t.Errorf("hang: failover after %v, before the instance could be stale", hang.Failover)
+	// A hung instance's last heartbeat came at most one interval before
+	// the hang: it is stale within stale_after of the hang, noticed within
+	// a sweep, and the requests waiting on it are retried then. 500ms for
+	// -race and scheduling on a loaded machine.
+	stale := staleAfter(interval)
+	hang := report.Step("hang")
+	if hang.Failover < stale/2 {
+		t.Errorf("hang: failover after %v, before the instance could be stale (stale_after %v)", hang.Failover, stale)
+	}
+	if limit := stale + membership.SweepInterval + 500*time.Millisecond; hang.Failover > limit || hang.Slowest > limit {
+		t.Errorf("hang: failover after %v, slowest request %v; want both within stale_after (%v) + a sweep + 500ms (%v)",
+			hang.Failover, hang.Slowest, stale, limit)
 	}
 	for _, want := range []string{"join      app1", "stale     app1", "restart   app1", "leave     app3", "Failover drill:",
 		"version " + StartVersion, "version " + DeployVersion, `version_switch  routing version "` + DeployVersion + `"`,
-		"Clients went from " + StartVersion + " to " + DeployVersion + " once"} {
+		"Clients went from " + StartVersion + " to " + DeployVersion + " once", "No client saw an error."} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q", want)
 		}
 	}
+}
+
+// readmeDrillTable reads the README's table of measured drill figures:
+// for each row, the step (the first word: kill, hang, roll, deploy) and
+// its client-visible errors.
+func readmeDrillTable(t *testing.T) map[string]int {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, table, ok := strings.Cut(string(data), "| step | requests | client-visible errors |")
+	if !ok {
+		t.Fatal("README.md has no drill table (a header `| step | requests | client-visible errors | ...`)")
+	}
+	rows := map[string]int{}
+	for i, line := range strings.Split(table, "\n")[1:] {
+		if i == 0 {
+			continue // the |---| line
+		}
+		cells := strings.Split(strings.Trim(strings.TrimSpace(line), "|"), "|")
+		if !strings.HasPrefix(line, "|") || len(cells) < 3 {
+			break
+		}
+		step := strings.Fields(cells[0])[0]
+		n, err := strconv.Atoi(strings.TrimSpace(cells[2]))
+		if err != nil {
+			t.Fatalf("README drill table, row %q: errors column %q is not a number", step, cells[2])
+		}
+		rows[step] = n
+	}
+	if len(rows) == 0 {
+		t.Fatal("README.md's drill table has no rows")
+	}
+	return rows
 }
 
 // TestDemoServes runs the demo until cancelled: the page names the
