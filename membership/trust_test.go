@@ -371,3 +371,53 @@ func TestAllowNetworksAdmitsDNSNames(t *testing.T) {
 	}
 	mustRouted(t, r, "app1")
 }
+
+func TestTakeOverThroughObserve(t *testing.T) {
+	r, rec := newReg(t, Config{})
+	enc := func(m *heartbeat.Message) []byte {
+		b, err := heartbeat.Encode(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	const subject = "cx.ha.hb.a"
+	for seq := int64(1); seq <= 3; seq++ {
+		if err := r.Observe(subject, enc(beat("a", seq)), at(time.Duration(seq)*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rec.take()
+	// The attacker's copy with the victim's own seq, then the steady state
+	// of both: the attacker's payload is never recognised as the victim's.
+	_ = r.Observe(subject, enc(beat("a", 3, withURL("http://10.6.6.6:80"))), at(3*time.Second))
+	_ = r.Observe(subject, enc(beat("a", 4, withURL("http://10.6.6.6:80"))), at(3*time.Second))
+	for seq := int64(4); seq <= 10; seq++ {
+		_ = r.Observe(subject, enc(beat("a", seq)), at(time.Duration(seq)*time.Second))
+		_ = r.Observe(subject, enc(beat("a", seq+1, withURL("http://10.6.6.6:80"))), at(time.Duration(seq)*time.Second))
+	}
+	for _, ev := range rec.take() {
+		if ev.Kind != EventConflict || !strings.Contains(ev.Detail, "url "+victim+" is kept") {
+			t.Errorf("event %+v, want only conflicts keeping %s", ev, victim)
+		}
+	}
+	if m, _ := member(t, r, "a"); m.URL != victim || m.Seq != 10 {
+		t.Fatalf("member %+v", m)
+	}
+	if got := r.Snapshot().Routes[0].Dial; got != "10.0.0.1:8080" {
+		t.Fatalf("routed to %s", got)
+	}
+}
+
+func TestYear10000ThroughObserve(t *testing.T) {
+	r, rec := newReg(t, Config{})
+	payload := `{"proto":1,"id":"a","url":"http://10.0.0.1:8080","state":"ready","started_at":"9999-12-31T23:59:59.999-23:59","seq":1,"interval_ms":1000}`
+	_ = r.Observe("cx.ha.hb.a", []byte(payload), at(0))
+	ev := mustKinds(t, rec, EventRejected)
+	if ev[0].Reason != "clock" || !strings.Contains(ev[0].Detail, "10000") {
+		t.Fatalf("event %+v", ev[0])
+	}
+	if len(r.Members()) != 0 {
+		t.Fatal("stored")
+	}
+}
