@@ -69,8 +69,8 @@ var (
 	fuzzSeqs       = []int64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 1 << 50, heartbeat.MaxSeq}
 	fuzzStarts     = []mod{started(0), started(time.Second), started(2 * time.Second), started(3 * time.Second),
 		withStart(t0.Add(time.Hour)), withStart(time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC))}
-	fuzzOffsets    = []string{"Z", "+05:30", "-07:00"}
-	fuzzSubjects   = []string{"cx.ha.hb.a", "cx.ha.hb.b", "cx.ha.hb.", "cx.ha.hb.a.b", "cx.ha.hb.*", "other.hb.a", ""}
+	fuzzOffsets  = []string{"Z", "+05:30", "-07:00"}
+	fuzzSubjects = []string{"cx.ha.hb.a", "cx.ha.hb.b", "cx.ha.hb.", "cx.ha.hb.a.b", "cx.ha.hb.*", "other.hb.a", ""}
 )
 
 type fuzzState struct {
