@@ -143,8 +143,6 @@ func (r *Registry) apply(m *heartbeat.Message, now time.Time) (routingChanged bo
 			return r.restart(e, m, now)
 		}
 		return r.update(e, m, now)
-	case msgIgnored:
-		return false
 	default:
 		if !e.stray.take(now, RateFloor) {
 			r.queue(Event{Kind: EventRejected, ID: m.ID, URL: m.URL, Reason: "rate",
@@ -171,7 +169,6 @@ const (
 	msgOlder                   // a process started before the known one
 	msgConflict                // claims the known process, but cannot be it
 	msgStale                   // a duplicate, reordered or after-leaving message; a newer process's leaving
-	msgIgnored                 // not worth a token: nothing to do and cheap to tell
 )
 
 func (r *Registry) attribute(e *entry, m *heartbeat.Message, now time.Time) msgKind {
@@ -281,13 +278,7 @@ func (r *Registry) restart(e *entry, m *heartbeat.Message, now time.Time) bool {
 	// failback_delay apply to it afresh.
 	e.streak, e.wasRouted = 0, false
 	r.fill(e, m, now)
-	if m.State == heartbeat.StateLeaving {
-		// A newer process that already leaves (its ready messages were
-		// missed) proves the known one gone as well.
-		r.queue(Event{Kind: EventLeave, ID: m.ID, URL: m.URL})
-	} else {
-		r.queue(Event{Kind: EventRestart, ID: m.ID, URL: m.URL})
-	}
+	r.queue(Event{Kind: EventRestart, ID: m.ID, URL: m.URL})
 	return e.route() != before
 }
 
@@ -350,7 +341,7 @@ func (r *Registry) fill(e *entry, m *heartbeat.Message, now time.Time) {
 	}
 	e.ID, e.URL, e.Dial, e.State = m.ID, m.URL, heartbeat.HostPort(m.URL), state
 	e.Version, e.StartedAt, e.Seq, e.Interval = m.Version, m.StartedAt, m.Seq, m.Interval()
-	e.AnnouncedPriority, e.Priority = m.Priority, r.priority(e, m)
+	e.AnnouncedPriority, e.Priority = m.Priority, r.priority(m)
 	if !slices.Equal(e.LeaderRoles, m.LeaderRoles) {
 		r.rolesDirty = true
 	}

@@ -73,7 +73,7 @@ func (c *Config) wrongScheme(rawURL string) string {
 
 // priority is the effective priority of m's process: the operator's
 // override, else the announced one, clamped into PriorityRange.
-func (r *Registry) priority(e *entry, m *heartbeat.Message) int {
+func (r *Registry) priority(m *heartbeat.Message) int {
 	if p, ok := r.cfg.Priority[m.ID]; ok {
 		return p
 	}
