@@ -65,7 +65,7 @@ func (c *Config) wrongScheme(rawURL string) string {
 	}
 	if c.Scheme == "http" {
 		return "url " + rawURL + " is https but this gateway dials instances in clear: to reach https instances, " +
-			"give cx_proxy `transport http { tls }` (all of its instances then announce https urls)"
+			"give cx_proxy `transport http { tls }` (with `dynamic cx`, also `scheme https`); all of its instances then announce https urls"
 	}
 	return "url " + rawURL + " is http but this gateway dials instances with TLS and never sends in clear: " +
 		"announce an https url, or serve http instances from a cx_proxy without tls"
