@@ -8,7 +8,8 @@ import (
 )
 
 // unmarshalBeyond reads the source options for versions, damping, slow
-// start, failback and confirmation.
+// start, failback and confirmation (and, through unmarshalTrust, the
+// trust options).
 func (u *Upstreams) unmarshalBeyond(d *caddyfile.Dispenser, opt string) error {
 	switch opt {
 	case "versions":
@@ -36,6 +37,49 @@ func (u *Upstreams) unmarshalBeyond(d *caddyfile.Dispenser, opt string) error {
 		}
 		if !strings.HasPrefix(u.ConfirmWith, "/") {
 			return d.Errf("confirm_with %q must be a path starting with /, like /health", u.ConfirmWith)
+		}
+	default:
+		return u.unmarshalTrust(d, opt)
+	}
+	return nil
+}
+
+// unmarshalTrust reads the source options that decide who may be routed.
+func (u *Upstreams) unmarshalTrust(d *caddyfile.Dispenser, opt string) error {
+	switch opt {
+	case "allow_ids":
+		globs := d.RemainingArgs()
+		if len(globs) == 0 {
+			return d.Errf("allow_ids needs at least one id or glob, like: allow_ids app-* worker[0-9]")
+		}
+		for _, g := range globs {
+			if err := validIDGlob(g); err != nil {
+				return d.Err(err.Error())
+			}
+		}
+		u.AllowIDs = append(u.AllowIDs, globs...)
+	case "priority_range":
+		args := d.RemainingArgs()
+		if len(args) != 2 {
+			return d.Errf("priority_range takes a min and a max, like: priority_range 0 100")
+		}
+		lo, err1 := strconv.Atoi(args[0])
+		hi, err2 := strconv.Atoi(args[1])
+		if err1 != nil || err2 != nil {
+			return d.Errf("priority_range: %q %q are not whole numbers, like: priority_range 0 100", args[0], args[1])
+		}
+		if err := validPriorityRange(lo, hi); err != nil {
+			return d.Err(err.Error())
+		}
+		u.PriorityRange = &PriorityRange{Min: lo, Max: hi}
+	case "clock_skew":
+		return durationArg(d, &u.ClockSkew)
+	case "scheme":
+		if err := oneArg(d, &u.Scheme); err != nil {
+			return err
+		}
+		if u.Scheme != "http" && u.Scheme != "https" {
+			return d.Errf("scheme %q: allowed are http (the default) and https", u.Scheme)
 		}
 	default:
 		return d.Errf("unknown option %q; allowed: %s", opt, strings.Join(sourceOptions, ", "))

@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"encoding/json"
+	"fmt"
 	"slices"
 
 	"github.com/caddyserver/caddy/v2"
@@ -63,11 +64,26 @@ lb_retry_match {
 //		forget_after   <duration>
 //		fail_timeout   <duration>
 //		allow_networks <cidr...>
+//		allow_ids      <glob...>
 //		priority       <id> <n>
+//		priority_range <min> <max>
+//		clock_skew     <duration>
+//		scheme         http|https
 //		max_instances  <n>
 //		header_instance [<name>]
+//		versions       any|consistent
+//		rise           <n>
+//		flap_limit     <n>
+//		flap_window    <duration>
+//		flap_hold      <duration>
+//		slow_start     <duration>
+//		failback_delay <duration>
+//		confirm_with   <path>
 //		# ...and any reverse_proxy subdirective, which overrides a default
 //	}
+//
+// scheme defaults to https when the transport has tls (`transport http {
+// tls }`), else http; instances announcing the other scheme are refused.
 func parseCxProxy(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	source := new(Upstreams)
 	policy := "failover"
@@ -135,7 +151,6 @@ func takeLine(d *caddyfile.Dispenser) *caddyfile.Dispenser {
 }
 
 func applyProxyDefaults(rp *reverseproxy.Handler, source *Upstreams, policy string) error {
-	rp.DynamicUpstreamsRaw = caddyconfig.JSONModuleObject(source, "source", "cx", nil)
 	if rp.LoadBalancing == nil {
 		rp.LoadBalancing = new(reverseproxy.LoadBalancing)
 	}
@@ -164,31 +179,53 @@ func applyProxyDefaults(rp *reverseproxy.Handler, source *Upstreams, policy stri
 	if rp.RequestBuffers == 0 {
 		rp.RequestBuffers = DefaultRequestBuffers
 	}
-	transport, err := cxTransport(rp.TransportRaw)
+	transport, tls, err := cxTransport(rp.TransportRaw)
 	if err != nil {
 		return err
 	}
 	rp.TransportRaw = transport
+	if err := proxyScheme(source, tls); err != nil {
+		return err
+	}
+	rp.DynamicUpstreamsRaw = caddyconfig.JSONModuleObject(source, "source", "cx", nil)
+	return nil
+}
+
+// proxyScheme makes the source admit the scheme the transport dials: a
+// transport with tls reaches only https instances, one without only http
+// ones, so nothing is ever downgraded.
+func proxyScheme(source *Upstreams, tls bool) error {
+	switch {
+	case source.Scheme == "" && tls:
+		source.Scheme = "https"
+	case source.Scheme == "", (source.Scheme == "https") == tls:
+	default:
+		if tls {
+			return fmt.Errorf("cx_proxy: scheme http with a tls transport: remove `scheme http` (instances behind tls announce https urls) or remove tls")
+		}
+		return fmt.Errorf("cx_proxy: scheme https needs tls to the instances: add `transport http { tls }`, or remove `scheme https`")
+	}
 	return nil
 }
 
 // cxTransport turns the `http` transport (or none) into the `cx` transport
-// with the same settings, adding the keep-alive pool default. Other
-// transports (fastcgi) are left alone.
-func cxTransport(raw json.RawMessage) (json.RawMessage, error) {
+// with the same settings, adding the keep-alive pool default, and reports
+// whether it dials instances with TLS. Other transports (fastcgi) are left
+// alone.
+func cxTransport(raw json.RawMessage) (_ json.RawMessage, tls bool, _ error) {
 	t := new(Transport)
 	if raw != nil {
 		var probe struct {
 			Protocol string `json:"protocol"`
 		}
 		if err := json.Unmarshal(raw, &probe); err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		if probe.Protocol != "http" {
-			return raw, nil
+			return raw, false, nil
 		}
 		if err := json.Unmarshal(raw, &t.HTTPTransport); err != nil {
-			return nil, err
+			return nil, false, err
 		}
 	}
 	if t.KeepAlive == nil {
@@ -197,7 +234,7 @@ func cxTransport(raw json.RawMessage) (json.RawMessage, error) {
 	if t.KeepAlive.MaxIdleConnsPerHost == 0 {
 		t.KeepAlive.MaxIdleConnsPerHost = DefaultIdleConnsPerHost
 	}
-	return caddyconfig.JSONModuleObject(t, "protocol", "cx", nil), nil
+	return caddyconfig.JSONModuleObject(t, "protocol", "cx", nil), t.TLS != nil, nil
 }
 
 // defaultRetryMatch parses DefaultRetryMatch with reverse_proxy's own

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"path"
 	"sync/atomic"
 	"time"
 
@@ -44,9 +45,31 @@ type Upstreams struct {
 	// status page and in metrics. Default: 5m.
 	ForgetAfter caddy.Duration `json:"forget_after,omitempty"`
 
-	// AllowNetworks restricts where announced urls may point: only IP
-	// literals inside these CIDR networks are accepted. Default: any.
+	// AllowNetworks restricts where announced urls may point: an IP
+	// literal must be inside these CIDR networks; a DNS name is checked on
+	// the resolved address when dialing. Default: any.
 	AllowNetworks []string `json:"allow_networks,omitempty"`
+
+	// AllowIDs, when set, admits only instance ids matching one of these
+	// globs (`*`, `?`, `[a-z]`, as Go's path.Match); heartbeats of other
+	// ids are rejected and counted (reason `id`). Default: any id.
+	AllowIDs []string `json:"allow_ids,omitempty"`
+
+	// PriorityRange, when set, clamps the priority instances announce into
+	// min..max (logged once per process), so that an unexpected publisher
+	// cannot make itself primary. The Priority overrides are not clamped.
+	PriorityRange *PriorityRange `json:"priority_range,omitempty"`
+
+	// ClockSkew is how far ahead of the gateway's clock an instance's
+	// started_at may be; later ones are rejected (reason `clock`).
+	// Default: 1m.
+	ClockSkew caddy.Duration `json:"clock_skew,omitempty"`
+
+	// Scheme is the scheme of the urls admitted: `http` (default) or
+	// `https`; urls of the other scheme are rejected (reason `scheme`), so
+	// that nothing is downgraded or sent in clear. cx_proxy sets https
+	// when its transport has tls.
+	Scheme string `json:"scheme,omitempty"`
 
 	// Priority overrides the priority instances announce, by instance id
 	// (lower is preferred).
@@ -105,6 +128,12 @@ type Upstreams struct {
 
 	service *Service
 	window  uint64
+}
+
+// PriorityRange bounds announced priorities, both ends included.
+type PriorityRange struct {
+	Min int `json:"min"`
+	Max int `json:"max"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -176,7 +205,54 @@ func (u *Upstreams) config() (membership.Config, error) {
 		}
 		cfg.AllowNetworks = append(cfg.AllowNetworks, p.Masked())
 	}
-	return cfg, nil
+	return cfg, u.configureTrust(&cfg)
+}
+
+// configureTrust maps the options that decide who may be routed onto the
+// membership configuration, checking them with errors that say what to fix.
+func (u *Upstreams) configureTrust(cfg *membership.Config) error {
+	for _, g := range u.AllowIDs {
+		if err := validIDGlob(g); err != nil {
+			return fmt.Errorf("cx: %v", err)
+		}
+	}
+	cfg.AllowIDs = u.AllowIDs
+	if r := u.PriorityRange; r != nil {
+		if err := validPriorityRange(r.Min, r.Max); err != nil {
+			return fmt.Errorf("cx: %v", err)
+		}
+		cfg.PriorityRange = &membership.PriorityRange{Min: r.Min, Max: r.Max}
+	}
+	if u.ClockSkew < 0 {
+		return fmt.Errorf("cx: clock_skew must not be negative (it is how far ahead of this gateway's clock an instance's started_at may be, like 1m)")
+	}
+	cfg.ClockSkew = time.Duration(u.ClockSkew)
+	switch u.Scheme {
+	case "", "http", "https":
+	default:
+		return fmt.Errorf("cx: scheme %q: allowed are http (the default) and https", u.Scheme)
+	}
+	cfg.Scheme = u.Scheme
+	return nil
+}
+
+// validIDGlob checks one allow_ids glob.
+func validIDGlob(g string) error {
+	if _, err := path.Match(g, ""); err != nil || g == "" {
+		return fmt.Errorf("allow_ids: %q is not a valid glob; use *, ? and [a-z] as in app-* or worker[0-9]", g)
+	}
+	return nil
+}
+
+// validPriorityRange checks priority_range's ends.
+func validPriorityRange(lo, hi int) error {
+	if lo < heartbeat.MinPriority || hi > heartbeat.MaxPriority {
+		return fmt.Errorf("priority_range %d %d: both ends must be within %d to %d", lo, hi, heartbeat.MinPriority, heartbeat.MaxPriority)
+	}
+	if lo > hi {
+		return fmt.Errorf("priority_range %d %d: min is greater than max; give the lower end first, like priority_range %d %d", lo, hi, hi, lo)
+	}
+	return nil
 }
 
 // GetUpstreams returns the active instances, best priority first, at most

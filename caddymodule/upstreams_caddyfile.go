@@ -17,9 +17,21 @@ import (
 //		forget_after   <duration>
 //		fail_timeout   <duration>
 //		allow_networks <cidr...>
+//		allow_ids      <glob...>
 //		priority       <id> <n>
+//		priority_range <min> <max>
+//		clock_skew     <duration>
+//		scheme         http|https
 //		max_instances  <n>
 //		header_instance [<name>]
+//		versions       any|consistent
+//		rise           <n>
+//		flap_limit     <n>
+//		flap_window    <duration>
+//		flap_hold      <duration>
+//		slow_start     <duration>
+//		failback_delay <duration>
+//		confirm_with   <path>
 //	}
 func (u *Upstreams) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // source name
@@ -37,7 +49,7 @@ func (u *Upstreams) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // sourceOptions are the options of `dynamic cx`, which cx_proxy takes too.
 var sourceOptions = []string{"subject_prefix", "stale_after", "forget_after", "fail_timeout", "allow_networks",
 	"priority", "max_instances", "header_instance", "versions", "rise", "flap_limit", "flap_window", "flap_hold",
-	"slow_start", "failback_delay", "confirm_with"}
+	"slow_start", "failback_delay", "confirm_with", "allow_ids", "priority_range", "clock_skew", "scheme"}
 
 // unmarshalOption reads one option of the source; cx_proxy shares it.
 func (u *Upstreams) unmarshalOption(d *caddyfile.Dispenser) error {

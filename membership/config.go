@@ -3,6 +3,7 @@ package membership
 import (
 	"fmt"
 	"net/netip"
+	"path"
 	"time"
 
 	"github.com/caddy-cx/caddy-cx/heartbeat"
@@ -27,9 +28,25 @@ type Config struct {
 	// MaxInstances bounds the members kept; heartbeats of further ids are
 	// rejected (after evicting the oldest stale or left member, if any).
 	MaxInstances int
-	// AllowNetworks, when not empty, restricts instance urls to IP
-	// literals inside these networks.
+	// AllowNetworks, when not empty, restricts instance urls whose host is
+	// an IP literal to these networks. DNS names are admitted: the
+	// gateway checks the resolved address when dialing.
 	AllowNetworks []netip.Prefix
+	// AllowIDs, when not empty, admits only instance ids matching one of
+	// these globs (path.Match syntax: *, ?, [a-z]); heartbeats of other ids
+	// are rejected (reason "id") and never stored.
+	AllowIDs []string
+	// PriorityRange, if set, clamps announced priorities into Min..Max, so
+	// that an unexpected publisher cannot make itself primary. Overrides
+	// in Priority are operator config and are not clamped.
+	PriorityRange *PriorityRange
+	// ClockSkew is how far ahead of the gateway's clock a started_at may
+	// be; later ones are rejected (reason "clock"). Default 1m.
+	ClockSkew time.Duration
+	// Scheme is the scheme of the urls admitted: "http" (default) or
+	// "https". Urls of the other scheme are rejected (reason "scheme"), so
+	// that nothing is ever downgraded or sent in clear.
+	Scheme string
 	// Priority overrides the announced priority of the ids it names.
 	Priority map[string]int
 	// OnEvent, if set, is told of every change, outside the registry's lock.
@@ -64,6 +81,14 @@ type Config struct {
 	// in its own goroutine, and must return within about a second.
 	Confirm func(url string) bool
 }
+
+// PriorityRange bounds announced priorities (both ends included).
+type PriorityRange struct {
+	Min, Max int
+}
+
+// DefaultClockSkew is Config.ClockSkew's default.
+const DefaultClockSkew = time.Minute
 
 // Defaults of the damping options.
 const (
@@ -123,6 +148,9 @@ func (c *Config) setDefaults() error {
 		}
 		c.AllowNetworks = nets
 	}
+	if err := c.setTrustDefaults(); err != nil {
+		return err
+	}
 	for id, p := range c.Priority {
 		if !heartbeat.ValidID(id) {
 			return fmt.Errorf("priority override: %q is not a valid instance id", id)
@@ -130,6 +158,38 @@ func (c *Config) setDefaults() error {
 		if p < heartbeat.MinPriority || p > heartbeat.MaxPriority {
 			return fmt.Errorf("priority override for %s: %d is outside %d to %d", id, p, heartbeat.MinPriority, heartbeat.MaxPriority)
 		}
+	}
+	return nil
+}
+
+// setTrustDefaults checks and defaults the options that decide who may be
+// routed: ids, priorities, clocks and schemes.
+func (c *Config) setTrustDefaults() error {
+	for _, g := range c.AllowIDs {
+		if _, err := path.Match(g, ""); err != nil || g == "" {
+			return fmt.Errorf("allow_ids: %q is not a valid glob (path.Match syntax, like app-* or worker[0-9])", g)
+		}
+	}
+	if r := c.PriorityRange; r != nil {
+		if r.Min > r.Max {
+			return fmt.Errorf("priority_range: min %d is greater than max %d", r.Min, r.Max)
+		}
+		if r.Min < heartbeat.MinPriority || r.Max > heartbeat.MaxPriority {
+			return fmt.Errorf("priority_range: %d to %d is outside %d to %d", r.Min, r.Max, heartbeat.MinPriority, heartbeat.MaxPriority)
+		}
+	}
+	if c.ClockSkew < 0 {
+		return fmt.Errorf("clock_skew must not be negative")
+	}
+	if c.ClockSkew == 0 {
+		c.ClockSkew = DefaultClockSkew
+	}
+	switch c.Scheme {
+	case "":
+		c.Scheme = "http"
+	case "http", "https":
+	default:
+		return fmt.Errorf("scheme %q: allowed are http (the default) and https", c.Scheme)
 	}
 	return nil
 }
@@ -149,7 +209,7 @@ func (c *Config) allowed(rawURL string) bool {
 	}
 	ip, ok := heartbeat.IPHost(rawURL)
 	if !ok {
-		return false
+		return true // a DNS name: checked on the resolved address when dialing
 	}
 	ip = ip.Unmap()
 	for _, n := range c.AllowNetworks {

@@ -21,6 +21,10 @@ const (
 	EventRoleConflict  EventKind = "role_conflict"  // two active instances claim one leader role
 	EventRoleResolved  EventKind = "role_resolved"  // a leader role conflict ended
 	EventAliveUnheard  EventKind = "alive_unheard"  // heartbeats stopped but the url still answers
+	// EventPriorityClamped: a process announced a priority outside
+	// Config.PriorityRange and is routed with the nearest end of it;
+	// reported once per process.
+	EventPriorityClamped EventKind = "priority_clamped"
 )
 
 // Event is one change, reported to Config.OnEvent after the registry's

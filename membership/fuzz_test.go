@@ -66,8 +66,11 @@ var (
 		"http://[fd00::1]:8080",
 	}
 	fuzzPriorities = []int{0, 0, -1, 1, 5, heartbeat.MinPriority, heartbeat.MaxPriority}
-	fuzzOffsets    = []string{"Z", "+05:30", "-07:00"}
-	fuzzSubjects   = []string{"cx.ha.hb.a", "cx.ha.hb.b", "cx.ha.hb.", "cx.ha.hb.a.b", "cx.ha.hb.*", "other.hb.a", ""}
+	fuzzSeqs       = []int64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 1 << 50, heartbeat.MaxSeq}
+	fuzzStarts     = []mod{started(0), started(time.Second), started(2 * time.Second), started(3 * time.Second),
+		withStart(t0.Add(time.Hour)), withStart(time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC))}
+	fuzzOffsets  = []string{"Z", "+05:30", "-07:00"}
+	fuzzSubjects = []string{"cx.ha.hb.a", "cx.ha.hb.b", "cx.ha.hb.", "cx.ha.hb.a.b", "cx.ha.hb.*", "other.hb.a", ""}
 )
 
 type fuzzState struct {
@@ -82,18 +85,32 @@ type fuzzState struct {
 	// that left: leaving is final for that started_at while the member is
 	// listed.
 	left map[string]map[int64]bool
+	// process records, per listed id, the started_at (UnixNano) and url of
+	// its member: within one process the url never changes.
+	process map[string]fuzzProcess
 }
 
+type fuzzProcess struct {
+	started int64
+	url     string
+}
+
+// fuzzRange is the fuzzed registry's priority_range.
+var fuzzRange = PriorityRange{Min: -2, Max: 4}
+
 func runProgram(t *testing.T, program []byte) {
-	st := &fuzzState{t: t, now: t0, maxInst: 3, left: map[string]map[int64]bool{}}
+	st := &fuzzState{t: t, now: t0, maxInst: 3, left: map[string]map[int64]bool{}, process: map[string]fuzzProcess{}}
 	r, err := New(Config{
 		MaxInstances:  st.maxInst,
 		AllowNetworks: fuzzNets,
+		AllowIDs:      []string{"[a-e]"},
+		PriorityRange: &fuzzRange,
 		Priority:      map[string]int{"e": -3},
 		ForgetAfter:   20 * time.Second,
 		OnEvent: func(ev Event) {
 			if ev.Kind == EventForget {
 				delete(st.left, ev.ID)
+				delete(st.process, ev.ID)
 			}
 		},
 	})
@@ -113,8 +130,8 @@ func runProgram(t *testing.T, program []byte) {
 		var desc string
 		switch op := arg() % 11; {
 		case op <= 5:
-			m := beat(fuzzIDs[arg()%len(fuzzIDs)], int64(arg()%12+1),
-				started(time.Duration(arg()%4)*time.Second),
+			m := beat(fuzzIDs[arg()%len(fuzzIDs)], fuzzSeqs[arg()%len(fuzzSeqs)],
+				fuzzStarts[arg()%len(fuzzStarts)],
 				withState([]heartbeat.State{heartbeat.StateReady, heartbeat.StateDraining, heartbeat.StateLeaving}[arg()%3]),
 				withPriority(fuzzPriorities[arg()%len(fuzzPriorities)]),
 				withURL(fuzzURLs[arg()%len(fuzzURLs)]),
@@ -202,8 +219,19 @@ func (st *fuzzState) check(desc string) {
 		}
 		if want, ok := map[string]int{"e": -3}[m.ID]; ok && m.Priority != want {
 			t.Fatalf("after %s: %s priority %d, want override %d", desc, m.ID, m.Priority, want)
+		} else if !ok && (m.Priority < fuzzRange.Min || m.Priority > fuzzRange.Max) {
+			t.Fatalf("after %s: %s priority %d outside priority_range", desc, m.ID, m.Priority)
 		}
-		if ip, ok := heartbeat.IPHost(m.URL); !ok || !(fuzzNets[0].Contains(ip.Unmap()) || fuzzNets[1].Contains(ip)) {
+		if m.StartedAt.After(st.now.Add(DefaultClockSkew)) || m.StartedAt.UTC().Year() > maxStartYear {
+			t.Fatalf("after %s: %s started at %v, ahead of the clock %v", desc, m.ID, m.StartedAt, st.now)
+		}
+		if p, ok := st.process[m.ID]; ok && p.started == m.StartedAt.UnixNano() && !sameEndpoint(p.url, m.URL) {
+			t.Fatalf("after %s: %s moved from %s to %s within one process", desc, m.ID, p.url, m.URL)
+		}
+		st.process[m.ID] = fuzzProcess{m.StartedAt.UnixNano(), m.URL}
+		// IP literals only inside allow_networks; DNS names are checked
+		// when dialing.
+		if ip, ok := heartbeat.IPHost(m.URL); ok && !(fuzzNets[0].Contains(ip.Unmap()) || fuzzNets[1].Contains(ip)) {
 			t.Fatalf("after %s: %s has url %s outside allow_networks", desc, m.ID, m.URL)
 		}
 	}

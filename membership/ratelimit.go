@@ -44,3 +44,27 @@ func ratePerSecond(interval time.Duration) float64 {
 	}
 	return max(RateFloor, RateFactor*float64(time.Second)/float64(interval))
 }
+
+// Plausible seq jumps within one process. Gaps are normal (messages the
+// gateway missed while it was disconnected, frozen or slow, answers to
+// other gateways' discovers), but a jump far beyond what a publisher can
+// send in the time since its last accepted heartbeat would make its own
+// next heartbeats look old: it is treated as a second publisher claiming
+// the process (an id conflict). SeqSlack is allowed at any moment, plus
+// SeqPerSecond for every second of the gateway's clock since the last
+// accepted heartbeat: 100 times what the fastest allowed interval sends.
+const (
+	SeqSlack     = 1000
+	SeqPerSecond = 1000
+)
+
+// plausibleSeq reports whether seq may follow last after elapsed.
+func plausibleSeq(last, seq int64, elapsed time.Duration) bool {
+	jump := seq - last
+	if jump <= SeqSlack {
+		return true
+	}
+	// Capped so that the product cannot overflow: 2^53 seqs take less.
+	secs := min(max(elapsed.Seconds(), 0), float64(1<<53)/SeqPerSecond)
+	return float64(jump) <= SeqSlack+secs*SeqPerSecond
+}

@@ -46,7 +46,9 @@ func (r *Registry) remember(m *heartbeat.Message, data []byte) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	e := r.members[m.ID]
-	if e == nil || !e.StartedAt.Equal(m.StartedAt) || e.Seq != m.Seq {
+	// A message of another publisher with the known process's started_at
+	// and seq (an id conflict) is never kept as the member's payload.
+	if e == nil || !e.StartedAt.Equal(m.StartedAt) || e.Seq != m.Seq || e.URL != m.URL {
 		return
 	}
 	if !ok {

@@ -1,6 +1,7 @@
 package membership
 
 import (
+	"fmt"
 	"maps"
 	"slices"
 	"sync"
@@ -50,8 +51,13 @@ type entry struct {
 	// live: staleness is judged from the later of it and LastSeen, so that
 	// LastSeen keeps meaning the last accepted heartbeat.
 	thawedAt time.Time
-	// rate limits the messages accepted from this id.
-	rate bucket
+	// rate limits the messages of the known process (and of newer ones);
+	// stray those of any other process claiming the id, which must not
+	// spend the known one's budget.
+	rate, stray bucket
+	// clampedFor is the started_at of the process whose clamped priority
+	// was last reported (once per process).
+	clampedFor time.Time
 	damping
 	confirmation
 	lastPayload
@@ -101,6 +107,7 @@ func (r *Registry) Apply(m *heartbeat.Message, now time.Time) {
 	changed := r.apply(m, now)
 	if e := r.members[m.ID]; e != nil {
 		r.pullDue(e, now)
+		r.noteClamp(e)
 	}
 	switch {
 	case changed:
@@ -114,36 +121,90 @@ func (r *Registry) Apply(m *heartbeat.Message, now time.Time) {
 }
 
 func (r *Registry) apply(m *heartbeat.Message, now time.Time) (routingChanged bool) {
-	if !r.cfg.allowed(m.URL) {
-		r.queue(Event{Kind: EventRejected, ID: m.ID, URL: m.URL, Reason: "network",
-			Detail: "url " + m.URL + " is outside allow_networks"})
+	if reason, detail := r.cfg.refuse(m, now); reason != "" {
+		r.queue(Event{Kind: EventRejected, ID: m.ID, URL: m.URL, Reason: reason, Detail: detail})
 		return false
-	}
-	if r.cfg.Deny != nil {
-		if why := r.cfg.Deny(m.URL); why != "" {
-			r.queue(Event{Kind: EventRejected, ID: m.ID, URL: m.URL, Reason: "loop", Detail: why})
-			return false
-		}
 	}
 	e, known := r.members[m.ID]
 	if !known {
 		return r.admit(m, now)
 	}
-	if !e.rate.take(now, ratePerSecond(m.Interval())) {
-		r.queue(Event{Kind: EventRejected, ID: m.ID, URL: m.URL, Reason: "rate",
-			Detail: "more heartbeats than the rate limit allows for this instance"})
+	// Only a message of the known process, or of a newer one, is charged
+	// to the id's rate budget: anything else has a budget of its own, so
+	// that messages claiming other processes cannot starve the real one.
+	switch kind := r.attribute(e, m, now); kind {
+	case msgKnown, msgRestart:
+		if !e.rate.take(now, ratePerSecond(m.Interval())) {
+			r.queue(Event{Kind: EventRejected, ID: m.ID, URL: m.URL, Reason: "rate",
+				Detail: "more heartbeats than the rate limit allows for this instance"})
+			return false
+		}
+		if kind == msgRestart {
+			return r.restart(e, m, now)
+		}
+		return r.update(e, m, now)
+	default:
+		if !e.stray.take(now, RateFloor) {
+			r.queue(Event{Kind: EventRejected, ID: m.ID, URL: m.URL, Reason: "rate",
+				Detail: "more messages than the rate limit allows for processes of this id that are not the known process " +
+					"(an older started_at, a conflicting url or seq, a replay); the known process is not affected"})
+			return false
+		}
+		switch kind {
+		case msgOlder:
+			r.fromOlderProcess(e, m)
+		case msgConflict:
+			r.sameProcessConflict(e, m)
+		}
 		return false
 	}
+}
+
+// What a message of a known id is, once attributed to a process.
+type msgKind int
+
+const (
+	msgKnown    msgKind = iota // the next heartbeat of the known process
+	msgRestart                 // a newer process of the id
+	msgOlder                   // a process started before the known one
+	msgConflict                // claims the known process, but cannot be it
+	msgStale                   // a duplicate, reordered or after-leaving message; a newer process's leaving
+)
+
+func (r *Registry) attribute(e *entry, m *heartbeat.Message, now time.Time) msgKind {
 	switch {
 	case m.StartedAt.Before(e.StartedAt):
-		r.fromOlderProcess(e, m)
-		return false
+		return msgOlder
 	case m.StartedAt.After(e.StartedAt):
-		return r.restart(e, m, now)
+		if m.State == heartbeat.StateLeaving {
+			// leaving is accepted only from the known process: a leaving
+			// of any other started_at (forged, or a newer process whose
+			// ready messages were missed) changes nothing.
+			return msgStale
+		}
+		return msgRestart
+	case !sameEndpoint(m.URL, e.URL):
+		// The url of a process cannot change: a second publisher claims it.
+		return msgConflict
 	case m.Seq <= e.Seq || e.State == StateLeft:
-		return false
+		return msgStale
+	case !plausibleSeq(e.Seq, m.Seq, now.Sub(e.LastSeen)):
+		return msgConflict
 	}
-	return r.update(e, m, now)
+	return msgKnown
+}
+
+// sameProcessConflict reports a message that claims the known process
+// (same started_at) but cannot be it: another url, or a seq further
+// ahead than the process could have counted. It changes nothing.
+func (r *Registry) sameProcessConflict(e *entry, m *heartbeat.Message) {
+	why := "the url of a process cannot change"
+	if m.URL == e.URL {
+		why = fmt.Sprintf("seq %d is implausibly far ahead of %d", m.Seq, e.Seq)
+	}
+	r.queue(Event{Kind: EventConflict, ID: m.ID, URL: m.URL,
+		Detail: "two publishers claim the process started at " + e.StartedAt.Format(time.RFC3339Nano) + " (" + why +
+			"): url " + e.URL + " is kept, the message for url " + m.URL + " is ignored"})
 }
 
 func (r *Registry) admit(m *heartbeat.Message, now time.Time) bool {
@@ -217,13 +278,7 @@ func (r *Registry) restart(e *entry, m *heartbeat.Message, now time.Time) bool {
 	// failback_delay apply to it afresh.
 	e.streak, e.wasRouted = 0, false
 	r.fill(e, m, now)
-	if m.State == heartbeat.StateLeaving {
-		// A newer process that already leaves (its ready messages were
-		// missed) proves the known one gone as well.
-		r.queue(Event{Kind: EventLeave, ID: m.ID, URL: m.URL})
-	} else {
-		r.queue(Event{Kind: EventRestart, ID: m.ID, URL: m.URL})
-	}
+	r.queue(Event{Kind: EventRestart, ID: m.ID, URL: m.URL})
 	return e.route() != before
 }
 
@@ -286,10 +341,7 @@ func (r *Registry) fill(e *entry, m *heartbeat.Message, now time.Time) {
 	}
 	e.ID, e.URL, e.Dial, e.State = m.ID, m.URL, heartbeat.HostPort(m.URL), state
 	e.Version, e.StartedAt, e.Seq, e.Interval = m.Version, m.StartedAt, m.Seq, m.Interval()
-	e.AnnouncedPriority, e.Priority = m.Priority, m.Priority
-	if p, ok := r.cfg.Priority[m.ID]; ok {
-		e.Priority = p
-	}
+	e.AnnouncedPriority, e.Priority = m.Priority, r.priority(m)
 	if !slices.Equal(e.LeaderRoles, m.LeaderRoles) {
 		r.rolesDirty = true
 	}

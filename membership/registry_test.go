@@ -85,7 +85,12 @@ func TestStateTransitions(t *testing.T) {
 		{"gaps in seq are normal", []step{
 			{beat("a", 1), StateActive, true, []EventKind{EventJoin}},
 			{beat("a", 1000, draining()), StateDraining, false, []EventKind{EventDraining}},
-			{beat("a", heartbeat.MaxSeq), StateActive, true, []EventKind{EventReady}},
+			{beat("a", 1000+SeqSlack+SeqPerSecond, draining()), StateDraining, false, nil},
+			{beat("a", heartbeat.MaxSeq), StateDraining, false, []EventKind{EventConflict}}, // implausible: not this process
+		}},
+		{"the last seq is accepted", []step{
+			{beat("a", heartbeat.MaxSeq-1), StateActive, true, []EventKind{EventJoin}},
+			{beat("a", heartbeat.MaxSeq, draining()), StateDraining, false, []EventKind{EventDraining}},
 		}},
 	}
 	for _, tt := range tests {
@@ -151,7 +156,7 @@ func TestRestart(t *testing.T) {
 				t.Fatalf("routes %+v", s.Routes)
 			}
 			// The new process's own messages are judged by its own seq.
-			r.Apply(beat("a", 2, started(time.Hour), leaving()), at(2*time.Second))
+			r.Apply(beat("a", 2, started(time.Hour), withURL("http://10.0.0.2:9090"), leaving()), at(2*time.Second))
 			mustState(t, r, "a", StateLeft)
 			mustKinds(t, rec, EventLeave)
 		})
@@ -476,7 +481,7 @@ func TestOrderingAndTiers(t *testing.T) {
 		{"b", 0, 1 * time.Second, heartbeat.StateReady}, // same started_at as y: id decides
 		{"backup2", 10, 0, heartbeat.StateReady},
 		{"backup1", 10, -time.Hour, heartbeat.StateReady},
-		{"best", -5, 9 * time.Hour, heartbeat.StateReady},
+		{"best", -5, -9 * time.Hour, heartbeat.StateReady},
 		{"off", -100, 0, heartbeat.StateDraining}, // not routed, no tier
 		{"last", 1000, 0, heartbeat.StateReady},
 	} {
@@ -510,7 +515,7 @@ func TestOrderingAndTiers(t *testing.T) {
 	}
 
 	// The best tier going away promotes the next.
-	r.Apply(beat("best", 2, started(9*time.Hour), leaving()), at(time.Minute))
+	r.Apply(beat("best", 2, started(-9*time.Hour), leaving()), at(time.Minute))
 	if got := r.Snapshot().Tier(0); len(got) != 3 || got[0].ID != "b" {
 		t.Errorf("tier 0 after best left: %+v", got)
 	}
@@ -571,7 +576,7 @@ func TestAllowNetworks(t *testing.T) {
 		ok   bool
 	}{
 		{"http://10.1.2.3:8080", nets, true},
-		{"https://10.255.255.255:443/", nets, true},
+		{"http://10.255.255.255:443/", nets, true},
 		{"http://192.168.1.77:80", nets, true},
 		{"http://[fd00::1]:8080", nets, true},
 		{"http://[::ffff:10.0.0.1]:8080", nets, true}, // IPv4-mapped: judged as IPv4
@@ -582,9 +587,11 @@ func TestAllowNetworks(t *testing.T) {
 		{"http://169.254.169.254:80", nets, false},
 		{"http://[fe80::1]:80", nets, false},
 		{"http://[::1]:80", nets, false},
-		{"http://app1.internal:8080", nets, false}, // DNS names: may resolve elsewhere later
-		{"http://localhost:8080", nets, false},
-		{"http://10.0.0.1.nip.io:8080", nets, false},
+		// DNS names are admitted: the gateway checks the resolved address
+		// when it dials.
+		{"http://app1.internal:8080", nets, true},
+		{"http://localhost:8080", nets, true},
+		{"http://10.0.0.1.nip.io:8080", nets, true},
 		{"http://app1.internal:8080", nil, true}, // no restriction
 		{"http://8.8.8.8:80", nil, true},
 		// An IPv4-mapped network in the configuration matches IPv4 urls.
@@ -812,11 +819,11 @@ func TestSnapshotRebuiltOnlyWhenRoutingChanges(t *testing.T) {
 		{"version change", func() *heartbeat.Message { return beat("a", next(), withVersion("v2")) }, true},
 		{"same version again", func() *heartbeat.Message { return beat("a", next(), withVersion("v2")) }, false},
 		{"priority change", func() *heartbeat.Message { return beat("a", next(), withVersion("v2"), withPriority(3)) }, true},
-		{"url change", func() *heartbeat.Message {
+		{"url change within the process: a conflict", func() *heartbeat.Message {
 			return beat("a", next(), withVersion("v2"), withPriority(3), withURL("http://10.0.0.2:8080"))
-		}, true},
+		}, false},
 		{"trailing slash, same dial", func() *heartbeat.Message {
-			return beat("a", next(), withVersion("v2"), withPriority(3), withURL("http://10.0.0.2:8080/"))
+			return beat("a", next(), withVersion("v2"), withPriority(3), withURL("http://10.0.0.1:8080/"))
 		}, false},
 		{"draining", func() *heartbeat.Message { return beat("a", next(), draining()) }, true},
 		{"draining again, other version", func() *heartbeat.Message { return beat("a", next(), draining(), withVersion("v3")) }, false},
