@@ -61,6 +61,10 @@ type serviceKey struct {
 	FlapHold      time.Duration
 	Consistent    bool
 	ConfirmWith   string
+	AllowIDs      []string
+	PriorityRange *membership.PriorityRange
+	ClockSkew     time.Duration
+	Scheme        string
 }
 
 // serviceOptions are the settings of a service that live outside the
@@ -74,7 +78,8 @@ func keyOf(link string, cfg membership.Config, opts serviceOptions) string {
 	k := serviceKey{Link: link, Prefix: cfg.Prefix, StaleAfter: cfg.StaleAfter, ForgetAfter: cfg.ForgetAfter,
 		MaxInstances: cfg.MaxInstances, Priority: cfg.Priority, FailTimeout: opts.failTimeout,
 		Rise: cfg.Rise, FlapLimit: cfg.FlapLimit, FlapWindow: cfg.FlapWindow, FlapHold: cfg.FlapHold,
-		Consistent: cfg.ConsistentVersions, ConfirmWith: opts.confirmWith}
+		Consistent: cfg.ConsistentVersions, ConfirmWith: opts.confirmWith,
+		AllowIDs: cfg.AllowIDs, PriorityRange: cfg.PriorityRange, ClockSkew: cfg.ClockSkew, Scheme: cfg.Scheme}
 	for _, n := range cfg.AllowNetworks {
 		k.AllowNetworks = append(k.AllowNetworks, n.String())
 	}
