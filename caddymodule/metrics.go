@@ -205,9 +205,10 @@ func (s *Service) observe(ev membership.Event) {
 	if !st.countsFor(s) {
 		return
 	}
-	counterOf(&st.events, ev.Kind).Add(1)
+	n := uint64(ev.Messages())
+	counterOf(&st.events, ev.Kind).Add(n)
 	if ev.Kind == membership.EventRejected {
-		counterOf(&st.rejected, ev.Reason).Add(1)
+		counterOf(&st.rejected, ev.Reason).Add(n)
 	}
 	if ev.Kind != membership.EventRejected {
 		s.notePrimary()

@@ -38,4 +38,10 @@ type Event struct {
 	Reason string
 	// Detail is a human-readable explanation for logs.
 	Detail string
+	// Count is how many messages a rejection stands for: messages dropped
+	// before they could be decoded are reported in batches. 0 means 1.
+	Count int
 }
+
+// Messages is how many messages the event stands for.
+func (ev Event) Messages() int { return max(ev.Count, 1) }

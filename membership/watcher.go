@@ -1,6 +1,7 @@
 package membership
 
 import (
+	"fmt"
 	"sync"
 	"time"
 
@@ -22,8 +23,11 @@ type Watcher struct {
 	// OnError is told of failures to subscribe or publish discover.
 	OnError func(error)
 
-	mu      sync.Mutex
-	sub     *nats.Subscription
+	mu  sync.Mutex
+	sub *nats.Subscription
+	// dropped is how many messages the subscription had dropped as a slow
+	// consumer when last looked at (by the sweeper's goroutine only).
+	dropped int
 	status  chan nats.Status
 	done    chan struct{}
 	stopped sync.WaitGroup
@@ -69,11 +73,11 @@ func (w *Watcher) Start() error {
 		w.reg.Freeze()
 	}
 	w.stopped.Add(1)
-	go w.run(w.status, w.done)
+	go w.run(sub, w.status, w.done)
 	return nil
 }
 
-func (w *Watcher) run(status chan nats.Status, done chan struct{}) {
+func (w *Watcher) run(sub *nats.Subscription, status chan nats.Status, done chan struct{}) {
 	defer w.stopped.Done()
 	ticker := time.NewTicker(SweepInterval)
 	defer ticker.Stop()
@@ -83,6 +87,7 @@ func (w *Watcher) run(status chan nats.Status, done chan struct{}) {
 			return
 		case now := <-ticker.C:
 			w.followConnection()
+			w.reportDropped(sub)
 			w.reg.Sweep(now)
 		case s, ok := <-status:
 			if !ok {
@@ -115,6 +120,20 @@ func (w *Watcher) followConnection() {
 		w.reg.Thaw(time.Now())
 		w.discover()
 	}
+}
+
+// reportDropped reports the messages NATS dropped since the last look
+// (more arrived than the pending limits hold): they are rejections that
+// no decoder saw, and must be counted like the others.
+func (w *Watcher) reportDropped(sub *nats.Subscription) {
+	n, err := sub.Dropped()
+	if err != nil || n <= w.dropped {
+		return
+	}
+	d := n - w.dropped
+	w.dropped = n
+	w.reg.emit(Event{Kind: EventRejected, Reason: "dropped", Count: d,
+		Detail: fmt.Sprintf("%d messages dropped unread: heartbeats arrived faster than the gateway could process them (NATS slow consumer)", d)})
 }
 
 func (w *Watcher) discover() {
