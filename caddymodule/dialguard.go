@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
 )
@@ -118,7 +117,7 @@ func (s *Service) dialPolicy() dialPolicy {
 // http.Transport dials with the request's context, which carries the
 // request's variables.
 func policyFor(ctx context.Context) dialPolicy {
-	if info, ok := caddyhttp.GetVar(ctx, varCandidates).(*candidateInfo); ok && info.svc != nil {
+	if info := candidatesOf(ctx); info != nil && info.svc != nil {
 		return info.svc.dialPolicy()
 	}
 	return defaultPolicy()

@@ -318,7 +318,7 @@ func guardedTransport(t *testing.T) *Transport {
 func roundTripFor(tr *Transport, svc *Service, url string) (*http.Response, error) {
 	vars := map[string]any{}
 	if svc != nil {
-		vars[varCandidates] = &candidateInfo{svc: svc}
+		vars[varCandidates] = slotOf(candidateInfo{svc: svc})
 	}
 	ctx := context.WithValue(context.Background(), caddyhttp.VarsCtxKey, vars)
 	req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
@@ -385,7 +385,7 @@ func TestConnectedPeerIsChecked(t *testing.T) {
 		var d net.Dialer
 		return d.DialContext(ctx, "tcp", target.l.Addr().String())
 	})
-	ctx := context.WithValue(context.Background(), caddyhttp.VarsCtxKey, map[string]any{varCandidates: &candidateInfo{svc: svc}})
+	ctx := context.WithValue(context.Background(), caddyhttp.VarsCtxKey, map[string]any{varCandidates: slotOf(candidateInfo{svc: svc})})
 	conn, err := rebinding(ctx, "tcp", "127.0.0.2:80")
 	if conn != nil || !refusedAs(err, refusedNetwork) {
 		t.Fatalf("%v, want a refused dial", err)
@@ -573,4 +573,10 @@ func TestDialRefusalsAreCountedAndLogRateLimited(t *testing.T) {
 	if last["reason"] != refusedLoop || last["similar_refusals_not_logged"] != int64(99) {
 		t.Fatalf("last line %v, want 99 refusals not logged", last)
 	}
+}
+
+func slotOf(info candidateInfo) *candidatesSlot {
+	slot := &candidatesSlot{first: info}
+	slot.latest.Store(&slot.first)
+	return slot
 }

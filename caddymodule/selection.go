@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"context"
 	"net/http"
 	"sync/atomic"
 	"time"
@@ -14,7 +15,7 @@ import (
 
 // Request variables shared by the cx upstream source and policies.
 const (
-	varCandidates = "cx.candidates" // *candidateInfo
+	varCandidates = "cx.candidates" // *candidatesSlot
 	varTried      = "cx.tried"      // *triedSet
 	varBody       = "cx.body"       // *bodyTries, set for requests with a body
 )
@@ -36,6 +37,38 @@ type candidateInfo struct {
 	header string
 	// slowStart, if set, ramps the share of newly routed instances.
 	slowStart time.Duration
+}
+
+// candidatesSlot holds the pool of a request's latest try. It enters the
+// request's variables once, at the first try, and is swapped atomically
+// on retries: the variables are an unsynchronised map that net/http's
+// dial goroutine of an earlier try may still be reading (Caddy's dial
+// and the dial guard look things up in it). The first pool lives in the
+// slot's own allocation, so a request without retries allocates nothing
+// more.
+type candidatesSlot struct {
+	latest atomic.Pointer[candidateInfo]
+	first  candidateInfo
+}
+
+// setCandidates records the pool of this try of r.
+func setCandidates(r *http.Request, info candidateInfo) {
+	if slot, ok := caddyhttp.GetVar(r.Context(), varCandidates).(*candidatesSlot); ok {
+		slot.latest.Store(&info)
+		return
+	}
+	slot := &candidatesSlot{first: info}
+	slot.latest.Store(&slot.first)
+	caddyhttp.SetVar(r.Context(), varCandidates, slot)
+}
+
+// candidatesOf returns the pool of the request's latest try, or nil when
+// the cx source did not make it.
+func candidatesOf(ctx context.Context) *candidateInfo {
+	if slot, ok := caddyhttp.GetVar(ctx, varCandidates).(*candidatesSlot); ok {
+		return slot.latest.Load()
+	}
+	return nil
 }
 
 // instanceFor returns the id and dial address of the instance a try of
@@ -96,8 +129,8 @@ func triedOf(r *http.Request) *triedSet {
 // infoOf returns what the cx source recorded for this pool; for other
 // sources, one tier of the whole pool and no passive health.
 func infoOf(r *http.Request, pool reverseproxy.UpstreamPool) candidateInfo {
-	info, ok := caddyhttp.GetVar(r.Context(), varCandidates).(*candidateInfo)
-	if !ok || len(info.tiers) == 0 || info.tiers[len(info.tiers)-1] != len(pool) {
+	info := candidatesOf(r.Context())
+	if info == nil || len(info.tiers) == 0 || info.tiers[len(info.tiers)-1] != len(pool) {
 		return candidateInfo{tiers: []int{len(pool)}}
 	}
 	return *info

@@ -7,7 +7,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 )
 
@@ -43,7 +42,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
-	info, _ := caddyhttp.GetVar(req.Context(), varCandidates).(*candidateInfo)
+	info := candidatesOf(req.Context())
 	if info == nil || info.svc == nil {
 		if body != nil {
 			req = req.WithContext(req.Context())

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
 
@@ -267,7 +266,7 @@ func (u *Upstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, err
 	for i := range routes {
 		ups[i] = &reverseproxy.Upstream{Dial: routes[i].Dial}
 	}
-	caddyhttp.SetVar(r.Context(), varCandidates, &candidateInfo{tiers: tiers, svc: u.service, routes: routes, pool: ups, header: u.HeaderInstance,
+	setCandidates(r, candidateInfo{tiers: tiers, svc: u.service, routes: routes, pool: ups, header: u.HeaderInstance,
 		slowStart: time.Duration(u.SlowStart)})
 	return ups, nil
 }
