@@ -134,7 +134,9 @@ const dialRefusalLogEvery = 5 * time.Second
 // line per reason per dialRefusalLogEvery, with the number not logged.
 type dialRefusals struct {
 	logger *zap.Logger // nil: caddy.Log()
-	count  sync.Map    // reason -> *atomic.Uint64
+	// count: reason -> *atomic.Uint64; a service's counts live in its
+	// pooled stats, so that they survive reloads as a metric.
+	count *sync.Map
 
 	mu         sync.Mutex
 	last       map[string]time.Time
@@ -142,14 +144,14 @@ type dialRefusals struct {
 }
 
 func newDialRefusals(logger *zap.Logger) *dialRefusals {
-	return &dialRefusals{logger: logger, last: map[string]time.Time{}, suppressed: map[string]int{}}
+	return &dialRefusals{logger: logger, count: new(sync.Map), last: map[string]time.Time{}, suppressed: map[string]int{}}
 }
 
 func (r *dialRefusals) add(reason, detail string) {
 	if r == nil {
 		return
 	}
-	counterOf(&r.count, reason).Add(1)
+	counterOf(r.count, reason).Add(1)
 	now := time.Now()
 	r.mu.Lock()
 	if now.Sub(r.last[reason]) < dialRefusalLogEvery {

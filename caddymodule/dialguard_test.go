@@ -162,6 +162,10 @@ func TestAdminAPIIsNeverAnInstance(t *testing.T) {
 	} else {
 		t.Logf("dials to the admin API refused: %d", n)
 	}
+	series := `caddy_cx_dial_refused_total{reason="loop",service="cx.ha"}`
+	if got := scrape(t, adminURL+"/metrics")[series]; got != float64(svc.DialRefusals()[refusedLoop]) || got == 0 {
+		t.Fatalf("%s = %v, want the %d refusals", series, got, svc.DialRefusals()[refusedLoop])
+	}
 }
 
 func TestAdminAPIByNameIsRefusedAtDialTime(t *testing.T) {

@@ -44,6 +44,9 @@ var (
 		[]string{"service", "instance", "code_class"}, nil)
 	descRetries = prometheus.NewDesc(metricsNamespace+"retries_total",
 		"Requests retried on another instance, by why the previous try failed.", []string{"service", "reason"}, nil)
+	descDialRefused = prometheus.NewDesc(metricsNamespace+"dial_refused_total",
+		"Connections to instances refused when dialing, by reason: loop (the peer is one of the gateway's own listeners, or unspecified) or network (outside allow_networks; link-local or cloud metadata when allow_networks is unset).",
+		[]string{"service", "reason"}, nil)
 	descFailovers = prometheus.NewDesc(metricsNamespace+"failovers_total",
 		"Times the primary moved to other instances (none of the previous primary instances is primary any more).", []string{"service"}, nil)
 	descNATSConnected = prometheus.NewDesc(metricsNamespace+"nats_connected",
@@ -57,13 +60,16 @@ var (
 		"1 for the version routed with `versions consistent`.", []string{"service", "version"}, nil)
 
 	allDescs = []*prometheus.Desc{descInstances, descHeartbeatAge, descPrimary, descEvents, descRejected,
-		descRequests, descRetries, descFailovers, descNATSConnected, descNATSReconnects, descRoleConflict, descServedVersion}
+		descRequests, descRetries, descDialRefused, descFailovers, descNATSConnected, descNATSReconnects, descRoleConflict, descServedVersion}
 )
 
 // contractEvents are always exported, at 0 until they happen, so that
 // alerts on them work from the start.
 var contractEvents = []membership.EventKind{membership.EventJoin, membership.EventLeave, membership.EventStale,
 	membership.EventRestart, membership.EventRejected, membership.EventConflict}
+
+// dialRefusalReasons are always exported, at 0 until a dial is refused.
+var dialRefusalReasons = []string{refusedLoop, refusedNetwork}
 
 var allStates = []membership.State{membership.StateActive, membership.StateDraining, membership.StateStale, membership.StateLeft}
 
@@ -85,11 +91,14 @@ type serviceStats struct {
 	// both would count each change twice.
 	owner atomic.Pointer[Service]
 
-	events    sync.Map // membership.EventKind -> *atomic.Uint64
-	rejected  sync.Map // reason -> *atomic.Uint64 (reasons are a small fixed set)
-	retries   sync.Map // reason -> *atomic.Uint64
-	instances sync.Map // instance id -> *instanceStats
-	failovers atomic.Uint64
+	events   sync.Map // membership.EventKind -> *atomic.Uint64
+	rejected sync.Map // reason -> *atomic.Uint64 (reasons are a small fixed set)
+	retries  sync.Map // reason -> *atomic.Uint64
+	// dialRefused: reason (loop, network) -> *atomic.Uint64, connections
+	// to instances the dial guard refused.
+	dialRefused sync.Map
+	instances   sync.Map // instance id -> *instanceStats
+	failovers   atomic.Uint64
 
 	mu          sync.Mutex
 	lastPrimary []string // the last non-empty primary set seen
@@ -451,6 +460,13 @@ func collectService(ch chan<- prometheus.Metric, s *Service) {
 	})
 	st.retries.Range(func(k, v any) bool {
 		ch <- prometheus.MustNewConstMetric(descRetries, prometheus.CounterValue, float64(v.(*atomic.Uint64).Load()), svc, k.(string))
+		return true
+	})
+	for _, reason := range dialRefusalReasons {
+		counterOf(&st.dialRefused, reason)
+	}
+	st.dialRefused.Range(func(k, v any) bool {
+		ch <- prometheus.MustNewConstMetric(descDialRefused, prometheus.CounterValue, float64(v.(*atomic.Uint64).Load()), svc, k.(string))
 		return true
 	})
 	ch <- prometheus.MustNewConstMetric(descFailovers, prometheus.CounterValue, float64(st.failovers.Load()), svc)

@@ -108,6 +108,7 @@ func acquireService(link string, cfg membership.Config, opts serviceOptions, log
 		}
 		s.reg = reg
 		s.stats = acquireStats(cfg.Prefix)
+		s.refusals.count = &s.stats.dialRefused
 		s.link = linkByKey(link)
 		return s, nil
 	})
