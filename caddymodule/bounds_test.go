@@ -159,8 +159,9 @@ func TestStatusJSONCapped(t *testing.T) {
 	}
 }
 
-// TestStatusJSONFarFutureTime: a time beyond what JSON can hold does not
-// turn the report into a 500.
+// TestStatusJSONFarFutureTime: a started_at beyond what JSON can hold
+// (year 10000 in UTC) is rejected by the registry, and the report keeps
+// answering; the report's own clamp stays as a second line of defence.
 func TestStatusJSONFarFutureTime(t *testing.T) {
 	const prefix = "cx.future"
 	s := testService(t, prefix, membership.Config{})
@@ -171,8 +172,14 @@ func TestStatusJSONFarFutureTime(t *testing.T) {
 	if err := json.Unmarshal(statusBody(t, prefix, ""), &rep); err != nil {
 		t.Fatal(err)
 	}
-	if y := rep.Services[0].Instances[0].StartedAt.Year(); y != 9999 {
-		t.Fatalf("started_at year %d", y)
+	if n := len(rep.Services[0].Instances); n != 0 {
+		t.Fatalf("%d instances listed, want the year-10000 one rejected", n)
+	}
+	if y := jsonSafeTime(m.StartedAt).Year(); y != 9999 {
+		t.Fatalf("jsonSafeTime: year %d", y)
+	}
+	if _, err := json.Marshal(jsonSafeTime(m.StartedAt)); err != nil {
+		t.Fatal(err)
 	}
 }
 

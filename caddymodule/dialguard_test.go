@@ -1,7 +1,6 @@
 package caddymodule
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -9,9 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
-	"os/exec"
-	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -25,11 +21,6 @@ import (
 
 	"github.com/caddy-cx/caddy-cx/heartbeat"
 )
-
-// The tests of this package run instances inside the test process, which
-// the scan of the process's own sockets would refuse, rightly: it is
-// turned on only where tested.
-func init() { scanOwnSockets.Store(false) }
 
 // countingListener is a loopback listener that must never be reached: it
 // counts accepted connections and bytes received.
@@ -471,89 +462,6 @@ func TestH2CIsGuardedAndHTTP3Refused(t *testing.T) {
 	}
 }
 
-// TestHelperInstanceProcess is not a test: run by
-// TestEveryListenerOfTheProcessIsKnown as a separate process, it serves
-// HTTP on loopback, prints its address and exits when stdin closes.
-func TestHelperInstanceProcess(t *testing.T) {
-	if os.Getenv("CX_HELPER_INSTANCE") != "1" {
-		t.Skip("helper process")
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		_ = http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "other process") }))
-	}()
-	fmt.Println("ADDR", l.Addr())
-	_, _ = io.Copy(io.Discard, os.Stdin)
-	os.Exit(0)
-}
-
-// TestEveryListenerOfTheProcessIsKnown: a listener the config does not
-// name (a plugin's, a debug server's) is still the gateway's own: read
-// from /proc, it is refused; an instance in another process is not.
-func TestEveryListenerOfTheProcessIsKnown(t *testing.T) {
-	if runtime.GOOS != "linux" {
-		t.Skip("the socket scan reads /proc")
-	}
-	scanOwnSockets.Store(true)
-	t.Cleanup(func() { scanOwnSockets.Store(false) })
-	ownSockets.last.Store(nil)
-
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperInstanceProcess$")
-	cmd.Env = append(os.Environ(), "CX_HELPER_INSTANCE=1")
-	stdin, _ := cmd.StdinPipe()
-	stdout, _ := cmd.StdoutPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = stdin.Close(); _ = cmd.Wait() })
-	var other string
-	sc := bufio.NewScanner(stdout)
-	for sc.Scan() {
-		if addr, ok := strings.CutPrefix(sc.Text(), "ADDR "); ok {
-			other = addr
-			break
-		}
-	}
-	if other == "" {
-		t.Fatal("the helper process printed no address")
-	}
-	go func() { _, _ = io.Copy(io.Discard, stdout) }()
-
-	ours := listenCounting(t, "tcp", "127.0.0.1:0") // in no config
-	tr := guardedTransport(t)
-	svc := &Service{refusals: newDialRefusals(nil)}
-	ownSockets.last.Store(nil) // a fresh scan, which sees ours
-	_, err := roundTripFor(tr, svc, fmt.Sprintf("http://127.0.0.1:%d/", ours.port()))
-	if !refusedAs(err, refusedLoop) || ours.accepted.Load() != 0 {
-		t.Fatalf("a listener of this process: %v, %d connections accepted; want refused before connecting", err, ours.accepted.Load())
-	}
-	resp, err := roundTripFor(tr, svc, "http://"+other+"/")
-	if err != nil {
-		t.Fatalf("an instance in another process: %v", err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if string(body) != "other process" {
-		t.Fatalf("got %q", body)
-	}
-}
-
-func TestParseProcAddr(t *testing.T) {
-	for in, want := range map[string]string{
-		"0100007F:1F90":                         "127.0.0.1:8080",
-		"00000000:0050":                         "0.0.0.0:80",
-		"00000000000000000000000001000000:0050": "[::1]:80",
-		"0000000000000000FFFF00000100007F:07E3": "127.0.0.1:2019",
-	} {
-		ap, ok := parseProcAddr(in)
-		if !ok || ap.String() != want {
-			t.Errorf("%s: %v %v, want %s", in, ap, ok, want)
-		}
-	}
-}
 
 func TestDialRefusalsAreCountedAndLogRateLimited(t *testing.T) {
 	core, logs := observer.New(zap.WarnLevel)

@@ -121,14 +121,13 @@ func (g *loopGuard) hostOwned(host string, port int) bool {
 }
 
 // owns reports whether a connection to ip:port reaches one of the
-// gateway's own listeners: those of the config, and every listening
-// socket of the process (sockets.go). A nil guard (no config started yet)
-// knows only the latter.
+// gateway's own listeners: those of the config (http servers, admin API,
+// embedded NATS), re-read on every config load. Other sockets of the
+// process are not refused: the demo, and applications that embed the
+// gateway, run their instances in the same process. A nil guard (no
+// config started yet) knows none.
 func (g *loopGuard) owns(ip netip.Addr, port int) bool {
 	ip = ip.Unmap().WithZone("")
-	if ownSockets.owns(ip, port) {
-		return true
-	}
 	if g == nil {
 		return false
 	}
