@@ -539,16 +539,7 @@ func getJSONAccept(url string, v any) error {
 		return err
 	}
 	req.Header.Set("Accept", "application/json")
-	c := &http.Client{Timeout: 2 * time.Second}
-	resp, err := c.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: status %d", url, resp.StatusCode)
-	}
-	return json.NewDecoder(resp.Body).Decode(v)
+	return doJSON(req, v)
 }
 
 // TestWebSocketSurvivesReloadAndChurn keeps a WebSocket open through the

@@ -107,14 +107,23 @@ func clusterURLs(nodes []*natsNode) []string {
 }
 
 func getJSON(url string, v any) error {
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	return doJSON(req, v)
+}
+
+// doJSON sends req and decodes a 200 answer's JSON into v.
+func doJSON(req *http.Request, v any) error {
 	c := &http.Client{Timeout: 2 * time.Second}
-	resp, err := c.Get(url)
+	resp, err := c.Do(req)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: status %d", url, resp.StatusCode)
+		return fmt.Errorf("GET %s: status %d", req.URL, resp.StatusCode)
 	}
 	return json.NewDecoder(resp.Body).Decode(v)
 }

@@ -421,6 +421,16 @@ const (
 	watchGoroutines = 200
 )
 
+// underLightLoad starts the light steady load through gw, waits until app1
+// serves it, and starts watching the gateway's fds, RSS and goroutines:
+// the scene every attack is played in.
+func underLightLoad(t testing.TB, gw *gateway) (*loadGen, *gatewayWatch) {
+	t.Helper()
+	load := startLoad(t, gw.URL+"/", lightLoad)
+	load.waitServed(t, 5*time.Second, "app1", 10, time.Time{})
+	return load, watchGateway(t, gw)
+}
+
 func watchGateway(t testing.TB, gw *gateway) *gatewayWatch {
 	t.Helper()
 	pid := gw.Pid()

@@ -140,9 +140,7 @@ func TestTrustOwnListenersAsInstance(t *testing.T) {
 		gw := r.gw
 		cfg0 := adminConfig(t, gw)
 		rej0 := gw.rejected(t)
-		load := startLoad(t, gw.URL+"/", lightLoad)
-		load.waitServed(t, 5*time.Second, "app1", 10, time.Time{})
-		watch := watchGateway(t, gw)
+		load, watch := underLightLoad(t, gw)
 
 		stop := keepAnnouncing(t, r.nc, newFake("evil", "http://"+gw.AdminAddr, -1000))
 		admitted := waitSettled(t, gw, "evil", rej0, "loop")
@@ -195,9 +193,7 @@ func TestTrustOwnListenersAsInstance(t *testing.T) {
 		waitRoutedTo(t, gw, "app1")
 		nc := attacker(t, "nats://"+natsAddr)
 		rej0 := gw.rejected(t)
-		load := startLoad(t, gw.URL+"/", lightLoad)
-		load.waitServed(t, 5*time.Second, "app1", 10, time.Time{})
-		watch := watchGateway(t, gw)
+		load, watch := underLightLoad(t, gw)
 
 		stop := keepAnnouncing(t, nc, newFake("evil", "http://"+natsAddr, -1000))
 		admitted := waitSettled(t, gw, "evil", rej0, "loop")
@@ -348,9 +344,7 @@ func TestTrustIdentityTakeover(t *testing.T) {
 			started := victimStartedAt(t, gw)
 			rej0 := gw.rejected(t)
 			ev0 := gw.counterBy(t, "caddy_cx_membership_events_total", "event")
-			load := startLoad(t, gw.URL+"/", lightLoad)
-			load.waitServed(t, 5*time.Second, "app1", 10, time.Time{})
-			watch := watchGateway(t, gw)
+			load, watch := underLightLoad(t, gw)
 			began := time.Now()
 
 			tc.attack(t, r, wire, started)
@@ -420,9 +414,7 @@ func TestTrustWhoMayBeRouted(t *testing.T) {
 	gw := r.gw
 	other := startBackend(t, "other", "", 0) // the attacker's server
 	rej0 := gw.rejected(t)
-	load := startLoad(t, gw.URL+"/", lightLoad)
-	load.waitServed(t, 5*time.Second, "app1", 10, time.Time{})
-	watch := watchGateway(t, gw)
+	load, watch := underLightLoad(t, gw)
 
 	stopEvil := keepAnnouncing(t, r.nc, newFake("evil", other.URL, -1000))
 	stopApp9 := keepAnnouncing(t, r.nc, newFake("app9", other.URL, -1000))
@@ -557,9 +549,7 @@ func TestTrustPutBodiesNeverHalfReplayed(t *testing.T) {
 	gw := startGateway(t, trustCaddyfile(n.URL, "", loopbackNets, "fail_timeout 1ms"))
 	waitRoutedTo(t, gw, "app1")
 	gw.waitLog(t, 5*time.Second, "app2 joins", membershipEvent("join", "app2", time.Time{}))
-	load := startLoad(t, gw.URL+"/", lightLoad)
-	load.waitServed(t, 5*time.Second, "app1", 10, time.Time{})
-	watch := watchGateway(t, gw)
+	load, watch := underLightLoad(t, gw)
 
 	cases := []struct {
 		name     string
@@ -654,9 +644,7 @@ func TestTrustYear10000StartedAt(t *testing.T) {
 	gw := r.gw
 	wire := startTripwire(t, "127.0.0.1")
 	rej0 := gw.rejected(t)
-	load := startLoad(t, gw.URL+"/", lightLoad)
-	load.waitServed(t, 5*time.Second, "app1", 10, time.Time{})
-	watch := watchGateway(t, gw)
+	load, watch := underLightLoad(t, gw)
 
 	var mu sync.Mutex
 	polls, bad := 0, map[string]int{}
@@ -735,9 +723,7 @@ func TestTrustConfirmWithNoRedirect(t *testing.T) {
 	gw := startGateway(t, trustCaddyfile(n.URL, "", "127.0.0.1/32", "confirm_with /health"))
 	waitRoutedTo(t, gw, "app1")
 	nc := attacker(t, n.URL)
-	load := startLoad(t, gw.URL+"/", lightLoad)
-	load.waitServed(t, 5*time.Second, "app1", 10, time.Time{})
-	watch := watchGateway(t, gw)
+	load, watch := underLightLoad(t, gw)
 
 	publishFor(t, nc, 200*time.Millisecond, 600*time.Millisecond, func(i int) fakeHB {
 		hb := newFake("silent", "http://"+rln.Addr().String(), 1)
@@ -775,9 +761,7 @@ func TestTrustHTTPSURLNeverCleartext(t *testing.T) {
 	gw := r.gw
 	wire := startTripwire(t, "127.0.0.1")
 	rej0 := gw.rejected(t)
-	load := startLoad(t, gw.URL+"/", lightLoad)
-	load.waitServed(t, 5*time.Second, "app1", 10, time.Time{})
-	watch := watchGateway(t, gw)
+	load, watch := underLightLoad(t, gw)
 
 	stop := keepAnnouncing(t, r.nc, newFake("tlsapp", "https://"+wire.Addr, -1000))
 	admitted := waitSettled(t, gw, "tlsapp", rej0, "scheme")
@@ -918,9 +902,7 @@ func TestTrustBoundsUnderHostileInput(t *testing.T) {
 		r := startTrustRig(t, loopbackNets, "")
 		gw := r.gw
 		wire := startTripwire(t, "127.0.0.1")
-		load := startLoad(t, gw.URL+"/", lightLoad)
-		load.waitServed(t, 5*time.Second, "app1", 10, time.Time{})
-		watch := watchGateway(t, gw)
+		load, watch := underLightLoad(t, gw)
 		const pairs, perPair = 12, 16
 		var fakes []fakeHB
 		for p := range pairs {
@@ -995,9 +977,7 @@ func TestTrustBoundsUnderHostileInput(t *testing.T) {
 		r := startTrustRig(t, loopbackNets, "")
 		gw := r.gw
 		wire := startTripwire(t, "127.0.0.1")
-		load := startLoad(t, gw.URL+"/", lightLoad)
-		load.waitServed(t, 5*time.Second, "app1", 10, time.Time{})
-		watch := watchGateway(t, gw)
+		load, watch := underLightLoad(t, gw)
 		older, newer := time.Now().Add(-time.Minute), time.Now().Add(-30*time.Second)
 		sent := publishFor(t, r.nc, 20*time.Millisecond, 3*time.Second, func(i int) fakeHB {
 			hb := newFake("dup", "http://"+wire.Addr, 1000)
