@@ -143,8 +143,8 @@ func TestFailoverOnSIGKILL(t *testing.T) {
 		}
 	}
 	t.Run("passive_health_dial_errors", func(t *testing.T) {
-		// Passive health (DESIGN.md: "counts what nginx counts: connection
-		// errors") takes the dead instance out after its first connection
+		// Passive health (README: "counts what nginx counts": connection
+		// errors) takes the dead instance out after its first connection
 		// errors, long before stale_after: new requests stop being tried
 		// on it. Only attempts already under way may still fail.
 		const passiveWindow = 500 * time.Millisecond

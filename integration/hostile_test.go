@@ -22,8 +22,8 @@ import (
 
 // Hostile conditions: the gateway's config reloaded every 500ms under
 // load, and a flood of fake instances and garbage on the heartbeat
-// subjects. Both assert the gateway's bounds (DESIGN.md, README's
-// Security section) and log what they measured.
+// subjects. Both assert the gateway's bounds (README's Security model
+// section) and log what they measured.
 
 // ------------------------------------------------------------ helpers
 

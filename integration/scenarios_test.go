@@ -17,7 +17,7 @@ import (
 
 // The failure scenarios of the integration suite, beyond the core ones of
 // core_test.go. Every figure asserted here is the gateway's contract
-// (DESIGN.md, PROTOCOL.md); the measured values are logged with t.Logf so
+// (README, docs/PROTOCOL.md); the measured values are logged with t.Logf so
 // that `go test -v` shows them.
 //
 // Timings: heartbeats every 200ms (testbackend's default), stale_after 1s
