@@ -255,7 +255,7 @@ func TestEmbeddedAuthChoices(t *testing.T) {
 				a.User, a.Password = f[1], f[2]
 			}
 		}
-		a.auth = natsAuth{Credentials: a.Credentials, Token: a.Token, User: a.User, Password: a.Password, NKey: a.NKey}
+		a.auth = natsAuth{Auth: a.Auth}
 		err := a.validate()
 		if (tt.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tt.want)) {
 			t.Errorf("%s %q: error %v, want %q", tt.addr, tt.auth, err, tt.want)
