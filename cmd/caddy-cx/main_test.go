@@ -59,7 +59,7 @@ func TestAnnounceBadFlags(t *testing.T) {
 	}{
 		{[]string{"announce"}, "--nats is required (or CX_NATS)"},
 		{[]string{"announce", "--nats", "nats://127.0.0.1:4222", "--id", "app1", "--url", "http://app1"}, "needs an explicit port"},
-		{[]string{"announce", "--nope"}, "flag provided but not defined: -nope"},
+		{[]string{"announce", "--nope"}, "unknown flag: --nope"},
 	}
 	for _, tt := range tests {
 		cmd, out := command(tt.args...)
