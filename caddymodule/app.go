@@ -37,7 +37,7 @@ type App struct {
 	// an embedded NATS server is started and used. A URL may carry user
 	// info, but the config (GET /config/) then shows it: prefer `user` and
 	// `password` or `token` with a placeholder. Placeholders are resolved
-	// as for Token.
+	// as for the Auth settings.
 	NATS []string `json:"nats,omitempty"`
 
 	// EmbeddedNATS is the host:port the embedded NATS server listens on

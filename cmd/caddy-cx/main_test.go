@@ -69,6 +69,22 @@ func TestAnnounceBadFlags(t *testing.T) {
 	}
 }
 
+// TestAnnounceHelpListsFlags: `caddy-cx help announce` and `announce -h`
+// list every flag GNU-style with its environment variable, and exit 0.
+func TestAnnounceHelpListsFlags(t *testing.T) {
+	for _, args := range [][]string{{"help", "announce"}, {"announce", "-h"}, {"announce", "--help"}} {
+		cmd, out := command(args...)
+		if code := exitCode(t, cmd.Run()); code != 0 {
+			t.Errorf("%q: exit %d; output:\n%s", args, code, out)
+		}
+		for _, want := range []string{"--id string", "[CX_ID]", "--interval duration", "--tls-cert string", "[CX_TLS_CERT]", "--priority int"} {
+			if !strings.Contains(out.String(), want) {
+				t.Errorf("%q does not list %q:\n%s", args, want, out)
+			}
+		}
+	}
+}
+
 // TestAnnounceSignals runs the sidecar binary against a real NATS server
 // and a real health endpoint: heartbeats, draining on SIGUSR1, leaving on
 // SIGTERM and exit 0.
