@@ -462,7 +462,6 @@ func TestH2CIsGuardedAndHTTP3Refused(t *testing.T) {
 	}
 }
 
-
 func TestDialRefusalsAreCountedAndLogRateLimited(t *testing.T) {
 	core, logs := observer.New(zap.WarnLevel)
 	r := newDialRefusals(zap.New(core))
