@@ -15,6 +15,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/caddy-cx/caddy-cx/heartbeat"
 	"github.com/caddy-cx/caddy-cx/internal/redact"
 	"github.com/caddy-cx/caddy-cx/membership"
 )
@@ -36,7 +37,7 @@ type App struct {
 	// an embedded NATS server is started and used. A URL may carry user
 	// info, but the config (GET /config/) then shows it: prefer `user` and
 	// `password` or `token` with a placeholder. Placeholders are resolved
-	// as for Token.
+	// as for the Auth settings.
 	NATS []string `json:"nats,omitempty"`
 
 	// EmbeddedNATS is the host:port the embedded NATS server listens on
@@ -46,30 +47,19 @@ type App struct {
 	// of every client, the gateway and the instances alike.
 	EmbeddedNATS string `json:"embedded_nats,omitempty"`
 
-	// Credentials is a NATS JWT .creds file (user JWT and nkey seed).
-	// Placeholders are resolved as for Token.
-	Credentials string `json:"credentials,omitempty"`
-
-	// Token authenticates with a NATS token. It may be, or contain, a
-	// Caddy placeholder such as {env.NATS_TOKEN} or
-	// {file./run/secrets/nats_token}, resolved once when the config is
-	// loaded, so that the config Caddy serves at GET /config/ holds the
-	// placeholder, not the secret. A placeholder that resolves to nothing
-	// (unset variable, unreadable or empty file) is an error naming it;
-	// write a literal brace as \{ or \}.
-	Token string `json:"token,omitempty"`
-
-	// User and Password authenticate with NATS user/password. Both take
-	// placeholders as Token does; Password should be one.
-	User     string `json:"user,omitempty"`
-	Password string `json:"password,omitempty"`
-
-	// NKey is a file holding an nkey seed (SU...) to authenticate with.
-	// Placeholders are resolved as for Token.
-	NKey string `json:"nkey,omitempty"`
-
-	// TLS configures TLS to the NATS servers.
-	TLS *NATSTLS `json:"tls,omitempty"`
+	// Auth is how the gateway authenticates to NATS and secures the
+	// connection: `credentials` (a JWT .creds file), `token`, `user` with
+	// `password`, or `nkey` (a file holding an nkey seed), and `tls` (`ca`,
+	// `cert`, `key`). Its fields sit inline in the app's JSON; the sidecar
+	// (`caddy-cx announce`) takes the same settings with the same rules.
+	//
+	// Every field but tls may be, or contain, a Caddy placeholder such as
+	// {env.NATS_TOKEN} or {file./run/secrets/nats_token}, resolved once
+	// when the config is loaded, so that the config Caddy serves at GET
+	// /config/ holds the placeholder, not the secret. A placeholder that
+	// resolves to nothing (unset variable, unreadable or empty file) is an
+	// error naming it; write a literal brace as \{ or \}.
+	heartbeat.Auth
 
 	// auth is the above with placeholders resolved; see secrets.go.
 	auth natsAuth
@@ -82,16 +72,6 @@ type App struct {
 
 	mu       *sync.Mutex
 	services []*Service
-}
-
-// NATSTLS is the TLS configuration of the NATS connection.
-type NATSTLS struct {
-	// CA is a PEM file of the certificate authorities that sign the NATS
-	// servers' certificates.
-	CA string `json:"ca,omitempty"`
-	// Cert and Key are a PEM client certificate and its key, for mutual TLS.
-	Cert string `json:"cert,omitempty"`
-	Key  string `json:"key,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -141,16 +121,12 @@ func (a *App) Provision(ctx caddy.Context) error {
 	return nil
 }
 
+// validate checks the resolved settings: the servers' URLs, embedded or
+// external, and the authentication rules shared with the sidecar.
 func (a *App) validate() error {
 	for _, u := range a.auth.URLs {
-		parsed, err := url.Parse(u)
-		if err != nil || parsed.Host == "" {
-			return fmt.Errorf("cx: nats server %q is not a URL like nats://host:4222", redact.URL(u))
-		}
-		switch parsed.Scheme {
-		case "nats", "tls", "ws", "wss":
-		default:
-			return fmt.Errorf("cx: nats server %q: scheme must be nats, tls, ws or wss", redact.URL(u))
+		if err := heartbeat.ValidServerURL(u); err != nil {
+			return fmt.Errorf("cx: nats server %q: %v", redact.URL(u), err)
 		}
 	}
 	if len(a.NATS) > 0 && a.EmbeddedNATS != "" {
@@ -161,20 +137,8 @@ func (a *App) validate() error {
 			return fmt.Errorf("cx: embedded_nats %q must be host:port: %v", a.EmbeddedNATS, err)
 		}
 	}
-	auth := 0
-	for _, set := range []bool{a.auth.Credentials != "", a.auth.Token != "", a.auth.User != "", a.auth.NKey != ""} {
-		if set {
-			auth++
-		}
-	}
-	if auth > 1 {
-		return fmt.Errorf("cx: choose one of credentials, token, user or nkey")
-	}
-	if (a.auth.User == "") != (a.auth.Password == "") {
-		return fmt.Errorf("cx: user needs a password and a password needs a user")
-	}
-	if a.TLS != nil && (a.TLS.Cert == "") != (a.TLS.Key == "") {
-		return fmt.Errorf("cx: tls cert and key go together")
+	if err := a.auth.Auth.Validate(); err != nil {
+		return fmt.Errorf("cx: %w", err)
 	}
 	if len(a.NATS) == 0 {
 		return a.validateEmbedded()
@@ -277,9 +241,6 @@ func (a *App) Service(cfg membership.Config, opts serviceOptions) (*Service, err
 	a.mu.Unlock()
 	return s, nil
 }
-
-// Connected reports whether the gateway's NATS connection is up.
-func (a *App) Connected() bool { return a.link.connected() }
 
 // Interface guards.
 var (

@@ -1,7 +1,6 @@
 package caddymodule
 
 import (
-	"fmt"
 	"net/http"
 	"strings"
 	"time"
@@ -10,25 +9,13 @@ import (
 )
 
 // configureBeyond maps the options no load balancer without heartbeats can
-// offer (versions, confirm_with) onto the membership configuration.
-func (u *Upstreams) configureBeyond(cfg *membership.Config) error {
-	switch u.Versions {
-	case "", "any":
-	case "consistent":
-		cfg.ConsistentVersions = true
-	default:
-		return fmt.Errorf("cx: versions %q: allowed are any (the default) and consistent", u.Versions)
-	}
-	if u.Rise < 0 || u.FlapLimit < 0 || u.FlapWindow < 0 || u.FlapHold < 0 || u.SlowStart < 0 || u.FailbackDelay < 0 {
-		return fmt.Errorf("cx: rise, flap_limit, flap_window, flap_hold, slow_start and failback_delay must not be negative")
-	}
+// offer (versions, confirm_with) onto the membership configuration;
+// Validate has checked them.
+func (u *Upstreams) configureBeyond(cfg *membership.Config) {
+	cfg.ConsistentVersions = u.Versions == "consistent"
 	if u.ConfirmWith != "" {
-		if !strings.HasPrefix(u.ConfirmWith, "/") {
-			return fmt.Errorf("cx: confirm_with %q must be a path starting with /, like /health", u.ConfirmWith)
-		}
 		cfg.Confirm = confirmProbe(u.ConfirmWith, defaultPolicy)
 	}
-	return nil
 }
 
 // ConfirmTimeout bounds one confirmation probe.

@@ -13,12 +13,7 @@ import (
 func (u *Upstreams) unmarshalBeyond(d *caddyfile.Dispenser, opt string) error {
 	switch opt {
 	case "versions":
-		if err := oneArg(d, &u.Versions); err != nil {
-			return err
-		}
-		if u.Versions != "any" && u.Versions != "consistent" {
-			return d.Errf("versions %q: allowed are any (the default) and consistent", u.Versions)
-		}
+		return oneArg(d, &u.Versions)
 	case "rise":
 		return countArg(d, &u.Rise)
 	case "flap_limit":
@@ -32,16 +27,9 @@ func (u *Upstreams) unmarshalBeyond(d *caddyfile.Dispenser, opt string) error {
 	case "failback_delay":
 		return durationArg(d, &u.FailbackDelay)
 	case "confirm_with":
-		if err := oneArg(d, &u.ConfirmWith); err != nil {
-			return err
-		}
-		if !strings.HasPrefix(u.ConfirmWith, "/") {
-			return d.Errf("confirm_with %q must be a path starting with /, like /health", u.ConfirmWith)
-		}
-	default:
-		return u.unmarshalTrust(d, opt)
+		return oneArg(d, &u.ConfirmWith)
 	}
-	return nil
+	return u.unmarshalTrust(d, opt)
 }
 
 // unmarshalTrust reads the source options that decide who may be routed.
@@ -51,11 +39,6 @@ func (u *Upstreams) unmarshalTrust(d *caddyfile.Dispenser, opt string) error {
 		globs := d.RemainingArgs()
 		if len(globs) == 0 {
 			return d.Errf("allow_ids needs at least one id or glob, like: allow_ids app-* worker[0-9]")
-		}
-		for _, g := range globs {
-			if err := validIDGlob(g); err != nil {
-				return d.Err(err.Error())
-			}
 		}
 		u.AllowIDs = append(u.AllowIDs, globs...)
 	case "priority_range":
@@ -68,19 +51,11 @@ func (u *Upstreams) unmarshalTrust(d *caddyfile.Dispenser, opt string) error {
 		if err1 != nil || err2 != nil {
 			return d.Errf("priority_range: %q %q are not whole numbers, like: priority_range 0 100", args[0], args[1])
 		}
-		if err := validPriorityRange(lo, hi); err != nil {
-			return d.Err(err.Error())
-		}
 		u.PriorityRange = &PriorityRange{Min: lo, Max: hi}
 	case "clock_skew":
 		return durationArg(d, &u.ClockSkew)
 	case "scheme":
-		if err := oneArg(d, &u.Scheme); err != nil {
-			return err
-		}
-		if u.Scheme != "http" && u.Scheme != "https" {
-			return d.Errf("scheme %q: allowed are http (the default) and https", u.Scheme)
-		}
+		return oneArg(d, &u.Scheme)
 	default:
 		return d.Errf("unknown option %q; allowed: %s", opt, strings.Join(sourceOptions, ", "))
 	}

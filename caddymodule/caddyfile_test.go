@@ -45,6 +45,11 @@ func TestBadCaddyfileOptionsSayWhatIsWrong(t *testing.T) {
 		{"upstream address", "", "cx_proxy app1:8080", "cx_proxy takes no upstream addresses"},
 		{"to", "", "cx_proxy {\n\tto app1:8080\n}", "upstreams come from NATS"},
 		{"unknown dynamic option", "", "reverse_proxy {\n\tdynamic cx {\n\t\tstale 3s\n\t}\n}", `unknown option "stale"`},
+		{"bad network", "", "cx_proxy {\n\tallow_networks 10.0.0.0/33\n}", `allow_networks: "10.0.0.0/33" is not a CIDR network`},
+		{"bad versions", "", "cx_proxy {\n\tversions newest\n}", `versions "newest": allowed are any (the default) and consistent`},
+		{"bad confirm_with", "", "reverse_proxy {\n\tdynamic cx {\n\t\tconfirm_with health\n\t}\n}", "must be a path starting with /"},
+		{"bad header_instance", "", "cx_proxy {\n\theader_instance X:Bad\n}", `header_instance: "X:Bad" is not a valid header name`},
+		{"priority out of range", "", "cx_proxy {\n\tpriority app1 5000\n}", "priority app1 5000: use -1000 to 1000"},
 		{"policy with args", "", "reverse_proxy {\n\tdynamic cx\n\tlb_policy cx_failover now\n}", "cx_failover takes no arguments"},
 	}
 	for _, c := range cases {
@@ -63,7 +68,6 @@ func TestBadCaddyfileOptionsSayWhatIsWrong(t *testing.T) {
 
 func TestBadValuesFailProvisioning(t *testing.T) {
 	cases := []struct{ name, global, site, want string }{
-		{"bad network", "", "cx_proxy {\n\tallow_networks 10.0.0.0/33\n}", "allow_networks"},
 		{"nats scheme", "cx {\n\tnats http://127.0.0.1:4222\n}", "cx_proxy", "scheme must be nats"},
 		{"two auth methods", "cx {\n\ttoken t\n\tnkey /x\n}", "cx_proxy", "choose one of credentials, token, user or nkey"},
 		{"embedded and external", "cx {\n\tnats nats://127.0.0.1:4222\n\tembedded_nats 127.0.0.1:4223\n}", "cx_proxy", "not both"},

@@ -1,7 +1,6 @@
 package caddymodule
 
 import (
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -12,7 +11,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
 
-	"github.com/caddy-cx/caddy-cx/heartbeat"
 	"github.com/caddy-cx/caddy-cx/internal/redact"
 )
 
@@ -24,7 +22,7 @@ var linkPool = caddy.NewUsagePool()
 // keeps reconnecting forever; loss and return are logged once each.
 type natsLink struct {
 	urls    string
-	options func(*zap.Logger, *natsLink) ([]nats.Option, error)
+	options func(*natsLink) ([]nats.Option, error)
 	logger  *zap.Logger
 
 	once    sync.Once
@@ -40,7 +38,7 @@ type natsLink struct {
 	reconnects atomic.Uint64
 }
 
-func acquireLink(key string, urls []string, options func(*zap.Logger, *natsLink) ([]nats.Option, error), logger *zap.Logger) (*natsLink, error) {
+func acquireLink(key string, urls []string, options func(*natsLink) ([]nats.Option, error), logger *zap.Logger) (*natsLink, error) {
 	val, _, err := linkPool.LoadOrNew(key, func() (caddy.Destructor, error) {
 		return &natsLink{urls: strings.Join(urls, ","), options: options, logger: logger}, nil
 	})
@@ -55,7 +53,7 @@ func acquireLink(key string, urls []string, options func(*zap.Logger, *natsLink)
 // it learns once connected.
 func (l *natsLink) start() error {
 	l.once.Do(func() {
-		opts, err := l.options(l.logger, l)
+		opts, err := l.options(l)
 		if err != nil {
 			l.err = err
 			return
@@ -173,8 +171,9 @@ func (l *natsLink) Destruct() error {
 	return nil
 }
 
-// options builds the nats.go options of the app's configuration.
-func (a *App) options(logger *zap.Logger, l *natsLink) ([]nats.Option, error) {
+// options builds the nats.go options of the app's configuration; l's
+// handlers log the connection's life.
+func (a *App) options(l *natsLink) ([]nats.Option, error) {
 	opts := []nats.Option{
 		nats.Name("caddy-cx gateway"),
 		nats.RetryOnFailedConnect(true),
@@ -194,24 +193,9 @@ func (a *App) options(logger *zap.Logger, l *natsLink) ([]nats.Option, error) {
 		nats.ReconnectBufSize(-1),
 	}
 	opts = append(opts, l.handlers()...)
-	auth, err := a.authOptions()
-	if err != nil {
-		return nil, err
-	}
-	return append(opts, auth...), nil
-}
-
-func (a *App) authOptions() ([]nats.Option, error) {
-	auth := heartbeat.Auth{Credentials: a.auth.Credentials, Token: a.auth.Token, User: a.auth.User, Password: a.auth.Password, NKey: a.auth.NKey}
-	if a.TLS != nil {
-		if a.TLS.CA == "" && a.TLS.Cert == "" {
-			return nil, errors.New("cx: tls needs a ca file, a cert and key, or both")
-		}
-		auth.TLSCA, auth.TLSCert, auth.TLSKey = a.TLS.CA, a.TLS.Cert, a.TLS.Key
-	}
-	opts, err := auth.Options()
+	auth, err := a.auth.Options()
 	if err != nil {
 		return nil, fmt.Errorf("cx: %w", err)
 	}
-	return opts, nil
+	return append(opts, auth...), nil
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
+	"github.com/caddy-cx/caddy-cx/heartbeat"
 	"github.com/caddy-cx/caddy-cx/internal/redact"
 )
 
@@ -18,9 +19,8 @@ import (
 // It is never marshalled into the config Caddy serves (GET /config/ shows
 // what was loaded, placeholders and all), and never logged.
 type natsAuth struct {
-	URLs                                     []string
-	Credentials, Token, User, Password, NKey string
-	TLS                                      *NATSTLS
+	URLs []string
+	heartbeat.Auth
 }
 
 // resolveSecrets fills a.auth from the configured fields, resolving Caddy's
@@ -35,7 +35,7 @@ func (a *App) resolveSecrets() error {
 		}
 		return out, nil
 	}
-	auth := natsAuth{TLS: a.TLS}
+	auth := natsAuth{Auth: heartbeat.Auth{TLS: a.TLS}}
 	for _, u := range a.NATS {
 		r, err := resolve("nats server "+redact.URL(u), u)
 		if err != nil {

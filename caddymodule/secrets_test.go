@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -255,7 +256,7 @@ func TestEmbeddedAuthChoices(t *testing.T) {
 				a.User, a.Password = f[1], f[2]
 			}
 		}
-		a.auth = natsAuth{Credentials: a.Credentials, Token: a.Token, User: a.User, Password: a.Password, NKey: a.NKey}
+		a.auth = natsAuth{Auth: a.Auth}
 		err := a.validate()
 		if (tt.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tt.want)) {
 			t.Errorf("%s %q: error %v, want %q", tt.addr, tt.auth, err, tt.want)
@@ -314,4 +315,25 @@ func TestEmbeddedTokenChangedOnReload(t *testing.T) {
 	stop := inst.keepBeating()
 	t.Cleanup(stop)
 	servedBy(t, fmt.Sprintf("http://127.0.0.1:%d", site), "app1", 5*time.Second)
+}
+
+// TestAppJSONNamesUnchanged: the NATS settings shared with the sidecar
+// sit inline in the app's JSON under the names configs already use.
+func TestAppJSONNamesUnchanged(t *testing.T) {
+	in := `{"nats":["nats://127.0.0.1:4222"],"credentials":"c.creds","token":"{env.T}","user":"u","password":"p","nkey":"k.nk","tls":{"ca":"ca.pem","cert":"c.pem","key":"k.pem"}}`
+	var a App
+	if err := caddy.StrictUnmarshalJSON([]byte(in), &a); err != nil {
+		t.Fatal(err)
+	}
+	if a.Credentials != "c.creds" || a.Token != "{env.T}" || a.User != "u" || a.Password != "p" || a.NKey != "k.nk" ||
+		a.TLS == nil || a.TLS.CA != "ca.pem" || a.TLS.Cert != "c.pem" || a.TLS.Key != "k.pem" {
+		t.Fatalf("decoded %+v", a.Auth)
+	}
+	out, err := json.Marshal(&a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(out) != in {
+		t.Fatalf("encoded\n%s\nwant\n%s", out, in)
+	}
 }

@@ -196,3 +196,52 @@ func TestServiceKeyCoversEverySetting(t *testing.T) {
 		}
 	}
 }
+
+// TestUpstreamsValidate: every rule of the source's settings, as Caddy
+// checks a JSON config (Validate), with what to fix in the error; the
+// zero value (every default) passes.
+func TestUpstreamsValidate(t *testing.T) {
+	if err := new(Upstreams).Validate(); err != nil {
+		t.Fatalf("the defaults do not validate: %v", err)
+	}
+	neg := caddy.Duration(-time.Second)
+	cases := []struct {
+		name string
+		u    Upstreams
+		want string
+	}{
+		{"prefix", Upstreams{SubjectPrefix: "cx.>"}, "subject_prefix:"},
+		{"versions", Upstreams{Versions: "latest"}, `versions "latest": allowed are any (the default) and consistent`},
+		{"confirm_with", Upstreams{ConfirmWith: "health"}, `confirm_with "health" must be a path starting with /`},
+		{"header_instance", Upstreams{HeaderInstance: "X Cx"}, `header_instance: "X Cx" is not a valid header name`},
+		{"scheme", Upstreams{Scheme: "ftp"}, `scheme "ftp": allowed are http (the default) and https`},
+		{"priority id", Upstreams{Priority: map[string]int{"app.1": 0}}, `priority: "app.1" is not an instance id`},
+		{"priority value", Upstreams{Priority: map[string]int{"app1": -2000}}, "priority app1 -2000: use -1000 to 1000"},
+		{"max_instances", Upstreams{MaxInstances: -1}, "max_instances -1 must not be negative"},
+		{"rise", Upstreams{Rise: -1}, "rise -1 must not be negative"},
+		{"flap_limit", Upstreams{FlapLimit: -1}, "flap_limit -1 must not be negative"},
+		{"stale_after", Upstreams{StaleAfter: neg}, "stale_after must not be negative"},
+		{"forget_after", Upstreams{ForgetAfter: neg}, "forget_after must not be negative"},
+		{"fail_timeout", Upstreams{FailTimeout: neg}, "fail_timeout must not be negative"},
+		{"flap_window", Upstreams{FlapWindow: neg}, "flap_window must not be negative"},
+		{"flap_hold", Upstreams{FlapHold: neg}, "flap_hold must not be negative"},
+		{"slow_start", Upstreams{SlowStart: neg}, "slow_start must not be negative"},
+		{"failback_delay", Upstreams{FailbackDelay: neg}, "failback_delay must not be negative"},
+		{"clock_skew", Upstreams{ClockSkew: neg}, "clock_skew must not be negative"},
+		{"allow_networks", Upstreams{AllowNetworks: []string{"10.0.0.1"}}, `allow_networks: "10.0.0.1" is not a CIDR network like 10.0.0.0/8`},
+		{"allow_ids", Upstreams{AllowIDs: []string{"[a"}}, `allow_ids: "[a" is not a valid glob`},
+		{"priority_range ends", Upstreams{PriorityRange: &PriorityRange{Min: -1001, Max: 0}}, "both ends must be within -1000 to 1000"},
+		{"priority_range order", Upstreams{PriorityRange: &PriorityRange{Min: 5, Max: 1}}, "give the lower end first, like priority_range 1 5"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			err := c.u.Validate()
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("Validate: %v; want an error saying %q", err, c.want)
+			}
+			if _, err := c.u.config(); err == nil {
+				t.Fatal("config accepted what Validate refuses")
+			}
+		})
+	}
+}

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
-	"path"
 	"sync/atomic"
 	"time"
 
@@ -166,13 +165,15 @@ func (u *Upstreams) Provision(ctx caddy.Context) error {
 		ctx.Logger().Warn("allow_networks is not set: whoever can publish on NATS can point this gateway's traffic at any host; set allow_networks to the instances' networks",
 			zap.String("subject_prefix", cfg.Prefix))
 	}
-	if u.HeaderInstance != "" && !validHeaderName(u.HeaderInstance) {
-		return fmt.Errorf("cx: header_instance %q is not a valid header name (letters, digits and - only, like X-Cx-Instance)", u.HeaderInstance)
-	}
 	return registerMetrics(ctx, svc)
 }
 
+// config checks the settings (Validate) and maps them onto the
+// membership configuration.
 func (u *Upstreams) config() (membership.Config, error) {
+	if err := u.Validate(); err != nil {
+		return membership.Config{}, err
+	}
 	cfg := membership.Config{
 		Prefix:       u.SubjectPrefix,
 		StaleAfter:   time.Duration(u.StaleAfter),
@@ -184,74 +185,21 @@ func (u *Upstreams) config() (membership.Config, error) {
 		FlapLimit:    u.FlapLimit,
 		FlapWindow:   time.Duration(u.FlapWindow),
 		FlapHold:     time.Duration(u.FlapHold),
-	}
-	if err := u.configureBeyond(&cfg); err != nil {
-		return cfg, err
+		AllowIDs:     u.AllowIDs,
+		ClockSkew:    time.Duration(u.ClockSkew),
+		Scheme:       u.Scheme,
 	}
 	if cfg.Prefix == "" {
 		cfg.Prefix = heartbeat.DefaultPrefix
 	}
-	if err := heartbeat.ValidPrefix(cfg.Prefix); err != nil {
-		return cfg, fmt.Errorf("cx: subject_prefix: %v", err)
-	}
-	if u.MaxInstances < 0 || u.StaleAfter < 0 || u.ForgetAfter < 0 || u.FailTimeout < 0 {
-		return cfg, fmt.Errorf("cx: max_instances, stale_after, forget_after and fail_timeout must not be negative")
-	}
 	for _, s := range u.AllowNetworks {
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			return cfg, fmt.Errorf("cx: allow_networks: %q is not a CIDR network like 10.0.0.0/8: %v", s, err)
-		}
-		cfg.AllowNetworks = append(cfg.AllowNetworks, p.Masked())
+		cfg.AllowNetworks = append(cfg.AllowNetworks, netip.MustParsePrefix(s).Masked()) // checked by Validate
 	}
-	return cfg, u.configureTrust(&cfg)
-}
-
-// configureTrust maps the options that decide who may be routed onto the
-// membership configuration, checking them with errors that say what to fix.
-func (u *Upstreams) configureTrust(cfg *membership.Config) error {
-	for _, g := range u.AllowIDs {
-		if err := validIDGlob(g); err != nil {
-			return fmt.Errorf("cx: %v", err)
-		}
-	}
-	cfg.AllowIDs = u.AllowIDs
 	if r := u.PriorityRange; r != nil {
-		if err := validPriorityRange(r.Min, r.Max); err != nil {
-			return fmt.Errorf("cx: %v", err)
-		}
 		cfg.PriorityRange = &membership.PriorityRange{Min: r.Min, Max: r.Max}
 	}
-	if u.ClockSkew < 0 {
-		return fmt.Errorf("cx: clock_skew must not be negative (it is how far ahead of this gateway's clock an instance's started_at may be, like 1m)")
-	}
-	cfg.ClockSkew = time.Duration(u.ClockSkew)
-	switch u.Scheme {
-	case "", "http", "https":
-	default:
-		return fmt.Errorf("cx: scheme %q: allowed are http (the default) and https", u.Scheme)
-	}
-	cfg.Scheme = u.Scheme
-	return nil
-}
-
-// validIDGlob checks one allow_ids glob.
-func validIDGlob(g string) error {
-	if _, err := path.Match(g, ""); err != nil || g == "" {
-		return fmt.Errorf("allow_ids: %q is not a valid glob; use *, ? and [a-z] as in app-* or worker[0-9]", g)
-	}
-	return nil
-}
-
-// validPriorityRange checks priority_range's ends.
-func validPriorityRange(lo, hi int) error {
-	if lo < heartbeat.MinPriority || hi > heartbeat.MaxPriority {
-		return fmt.Errorf("priority_range %d %d: both ends must be within %d to %d", lo, hi, heartbeat.MinPriority, heartbeat.MaxPriority)
-	}
-	if lo > hi {
-		return fmt.Errorf("priority_range %d %d: min is greater than max; give the lower end first, like priority_range %d %d", lo, hi, hi, lo)
-	}
-	return nil
+	u.configureBeyond(&cfg)
+	return cfg, nil
 }
 
 // GetUpstreams returns the active instances, best priority first, at most

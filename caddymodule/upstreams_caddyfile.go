@@ -51,16 +51,24 @@ var sourceOptions = []string{"subject_prefix", "stale_after", "forget_after", "f
 	"priority", "max_instances", "header_instance", "versions", "rise", "flap_limit", "flap_window", "flap_hold",
 	"slow_start", "failback_delay", "confirm_with", "allow_ids", "priority_range", "clock_skew", "scheme"}
 
-// unmarshalOption reads one option of the source; cx_proxy shares it.
+// unmarshalOption reads one option of the source (cx_proxy shares it)
+// and checks the settings so far with Validate, so that an error names
+// the option's file and line.
 func (u *Upstreams) unmarshalOption(d *caddyfile.Dispenser) error {
+	if err := u.parseOption(d); err != nil {
+		return err
+	}
+	if err := u.Validate(); err != nil {
+		return d.Err(err.Error())
+	}
+	return nil
+}
+
+// parseOption reads one option's arguments; their meaning is Validate's.
+func (u *Upstreams) parseOption(d *caddyfile.Dispenser) error {
 	switch opt := d.Val(); opt {
 	case "subject_prefix":
-		if err := oneArg(d, &u.SubjectPrefix); err != nil {
-			return err
-		}
-		if err := heartbeat.ValidPrefix(u.SubjectPrefix); err != nil {
-			return d.Errf("subject_prefix: %v", err)
-		}
+		return oneArg(d, &u.SubjectPrefix)
 	case "stale_after":
 		return durationArg(d, (*caddy.Duration)(&u.StaleAfter))
 	case "forget_after":
@@ -85,9 +93,6 @@ func (u *Upstreams) unmarshalOption(d *caddyfile.Dispenser) error {
 		if d.NextArg() {
 			return d.Errf("header_instance takes at most one header name, like: header_instance X-Cx-Instance")
 		}
-		if !validHeaderName(u.HeaderInstance) {
-			return d.Errf("header_instance: %q is not a valid header name (letters, digits and - only)", u.HeaderInstance)
-		}
 	default:
 		return u.unmarshalBeyond(d, opt)
 	}
@@ -99,11 +104,8 @@ func (u *Upstreams) unmarshalPriority(d *caddyfile.Dispenser) error {
 	if len(args) != 2 {
 		return d.Errf("priority takes an instance id and a number, like: priority app1 0")
 	}
-	if !heartbeat.ValidID(args[0]) {
-		return d.Errf("priority: %q is not an instance id (1 to 64 of A-Z a-z 0-9 _ -)", args[0])
-	}
 	n, err := strconv.Atoi(args[1])
-	if err != nil || n < heartbeat.MinPriority || n > heartbeat.MaxPriority {
+	if err != nil {
 		return d.Errf("priority: %q is not a whole number from %d to %d", args[1], heartbeat.MinPriority, heartbeat.MaxPriority)
 	}
 	if u.Priority == nil {

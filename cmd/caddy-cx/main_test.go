@@ -59,12 +59,28 @@ func TestAnnounceBadFlags(t *testing.T) {
 	}{
 		{[]string{"announce"}, "--nats is required (or CX_NATS)"},
 		{[]string{"announce", "--nats", "nats://127.0.0.1:4222", "--id", "app1", "--url", "http://app1"}, "needs an explicit port"},
-		{[]string{"announce", "--nope"}, "flag provided but not defined: -nope"},
+		{[]string{"announce", "--nope"}, "unknown flag: --nope"},
 	}
 	for _, tt := range tests {
 		cmd, out := command(tt.args...)
 		if code := exitCode(t, cmd.Run()); code != 2 || !strings.Contains(out.String(), tt.want) {
 			t.Errorf("%q: exit %d, output %q; want exit 2 and %q", tt.args, code, out, tt.want)
+		}
+	}
+}
+
+// TestAnnounceHelpListsFlags: `caddy-cx help announce` and `announce -h`
+// list every flag GNU-style with its environment variable, and exit 0.
+func TestAnnounceHelpListsFlags(t *testing.T) {
+	for _, args := range [][]string{{"help", "announce"}, {"announce", "-h"}, {"announce", "--help"}} {
+		cmd, out := command(args...)
+		if code := exitCode(t, cmd.Run()); code != 0 {
+			t.Errorf("%q: exit %d; output:\n%s", args, code, out)
+		}
+		for _, want := range []string{"--id string", "[CX_ID]", "--interval duration", "--tls-cert string", "[CX_TLS_CERT]", "--priority int"} {
+			if !strings.Contains(out.String(), want) {
+				t.Errorf("%q does not list %q:\n%s", args, want, out)
+			}
 		}
 	}
 }

@@ -159,11 +159,11 @@ func TestAuth(t *testing.T) {
 		name   string
 		server server.Options
 		client nats.Option
-		auth   Auth
+		auth   heartbeat.Auth
 	}{
-		{"token", server.Options{Authorization: "s3cret"}, nats.Token("s3cret"), Auth{Token: "s3cret"}},
-		{"user", server.Options{Username: "app", Password: "pw"}, nats.UserInfo("app", "pw"), Auth{User: "app", Password: "pw"}},
-		{"nkey", server.Options{Nkeys: []*server.NkeyUser{{Nkey: pub}}}, nats.Nkey(pub, kp.Sign), Auth{NKey: seedFile}},
+		{"token", server.Options{Authorization: "s3cret"}, nats.Token("s3cret"), heartbeat.Auth{Token: "s3cret"}},
+		{"user", server.Options{Username: "app", Password: "pw"}, nats.UserInfo("app", "pw"), heartbeat.Auth{User: "app", Password: "pw"}},
+		{"nkey", server.Options{Nkeys: []*server.NkeyUser{{Nkey: pub}}}, nats.Nkey(pub, kp.Sign), heartbeat.Auth{NKey: seedFile}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -274,7 +274,7 @@ func TestParseErrors(t *testing.T) {
 		{append(base, "--url", "http://h:1/app"), nil, "--url: \"http://h:1/app\" has a path"},
 		{append(base, "--nats", "http://h:4222"), nil, "scheme must be nats, tls, ws or wss"},
 		{append(base, "--interval", "50ms"), nil, "--interval 50ms: use 100ms to 60s"},
-		{append(base, "--interval", "soon"), nil, `invalid value "soon" for flag -interval`},
+		{append(base, "--interval", "soon"), nil, `invalid argument "soon" for "--interval" flag`},
 		{append(base, "--priority", "5000"), nil, "--priority 5000"},
 		{append(base, "--health", "/health"), nil, "--health \"/health\" is not an http(s) URL"},
 		{append(base, "--prefix", "cx.*"), nil, "--prefix"},
@@ -282,7 +282,7 @@ func TestParseErrors(t *testing.T) {
 		{append(base, "--user", "u"), nil, "--user needs --password"},
 		{append(base, "--tls-cert", "c.pem"), nil, "--tls-cert and --tls-key go together"},
 		{append(base, "extra"), nil, `unexpected argument "extra"`},
-		{append(base, "--bogus"), nil, "flag provided but not defined: -bogus"},
+		{append(base, "--bogus"), nil, "unknown flag: --bogus"},
 		{base, map[string]string{"CX_INTERVAL": "1 second"}, `CX_INTERVAL="1 second" is not a duration`},
 		{base, map[string]string{"CX_PRIORITY": "high"}, `CX_PRIORITY="high" is not a whole number`},
 		{append(base, "--version", strings.Repeat("v", 65)), nil, "--version: 65 characters"},

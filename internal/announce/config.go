@@ -5,7 +5,6 @@ package announce
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/url"
@@ -13,6 +12,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/spf13/pflag"
 
 	"github.com/caddy-cx/caddy-cx/heartbeat"
 	"github.com/caddy-cx/caddy-cx/internal/redact"
@@ -36,21 +37,12 @@ type Config struct {
 	Health string
 	// HealthTimeout bounds one health check; zero means Interval.
 	HealthTimeout time.Duration
-	// Auth is how to authenticate to NATS.
-	Auth Auth
-}
+	// Auth is how to authenticate to NATS: the settings of the gateway's
+	// `cx` app, with the same rules.
+	Auth heartbeat.Auth
 
-// Auth mirrors the options of the gateway's `cx` app: at most one of
-// Credentials, Token, User (with Password) and NKey, plus optional TLS.
-type Auth struct {
-	Credentials string
-	Token       string
-	User        string
-	Password    string
-	NKey        string
-	TLSCA       string
-	TLSCert     string
-	TLSKey      string
+	// tls backs the --tls-* flags; Auth.TLS points to it once one is set.
+	tls heartbeat.TLS
 }
 
 // option is one flag, with the environment variable that sets it when the
@@ -73,53 +65,66 @@ func (c *Config) options() []option {
 		{"user", "CX_USER", "NATS user (with --password)", &c.Auth.User},
 		{"password", "CX_PASSWORD", "NATS password (with --user)", &c.Auth.Password},
 		{"nkey", "CX_NKEY", "file holding an nkey seed (SU...)", &c.Auth.NKey},
-		{"tls-ca", "CX_TLS_CA", "PEM file of the CAs that sign the NATS servers' certificates", &c.Auth.TLSCA},
-		{"tls-cert", "CX_TLS_CERT", "PEM client certificate for mutual TLS (with --tls-key)", &c.Auth.TLSCert},
-		{"tls-key", "CX_TLS_KEY", "PEM key of --tls-cert", &c.Auth.TLSKey},
+		{"tls-ca", "CX_TLS_CA", "PEM file of the CAs that sign the NATS servers' certificates", &c.tls.CA},
+		{"tls-cert", "CX_TLS_CERT", "PEM client certificate for mutual TLS (with --tls-key)", &c.tls.Cert},
+		{"tls-key", "CX_TLS_KEY", "PEM key of --tls-cert", &c.tls.Key},
 	}
 }
 
 // Usage is the synopsis of the sidecar's command line.
 const Usage = "--nats URL --id ID --url http://HOST:PORT [--health URL] [--interval 1s] [--version V] [--priority N] [--prefix P] [auth and tls flags]"
 
-// Parse reads the configuration from args and, for every flag not given,
-// from the environment (getenv): CX_NATS, CX_ID, CX_URL, CX_HEALTH,
-// CX_INTERVAL, CX_HEALTH_TIMEOUT, CX_VERSION, CX_PRIORITY, CX_PREFIX,
-// CX_CREDENTIALS, CX_TOKEN, CX_USER, CX_PASSWORD, CX_NKEY, CX_TLS_CA,
-// CX_TLS_CERT, CX_TLS_KEY. Help goes to out; -h returns flag.ErrHelp.
-func Parse(args []string, getenv func(string) string, out io.Writer) (*Config, error) {
+// Env lists the environment variables the sidecar reads, one per flag.
+const Env = "CX_NATS, CX_ID, CX_URL, CX_HEALTH, CX_INTERVAL, CX_HEALTH_TIMEOUT, CX_VERSION, CX_PRIORITY, CX_PREFIX, " +
+	"CX_CREDENTIALS, CX_TOKEN, CX_USER, CX_PASSWORD, CX_NKEY, CX_TLS_CA, CX_TLS_CERT, CX_TLS_KEY"
+
+// NewConfig returns a configuration with the defaults, its flags added
+// to fs: each flag's help names the environment variable Load falls back
+// to.
+func NewConfig(fs *pflag.FlagSet) *Config {
 	c := &Config{Prefix: heartbeat.DefaultPrefix, Interval: time.Second}
-	fs := flag.NewFlagSet("caddy-cx announce", flag.ContinueOnError)
-	fs.SetOutput(out)
-	fs.Usage = func() {
-		fmt.Fprintf(out, "Usage: caddy-cx announce %s\n\nEvery flag can also be set by the environment variable shown.\n\n", Usage)
-		fs.PrintDefaults()
-	}
-	opts := c.options()
-	for _, o := range opts {
+	for _, o := range c.options() {
 		fs.StringVar(o.str, o.flag, *o.str, o.usage+" ["+o.env+"]")
 	}
 	fs.DurationVar(&c.Interval, "interval", c.Interval, "heartbeat and health check period, 100ms to 60s [CX_INTERVAL]")
 	fs.DurationVar(&c.HealthTimeout, "health-timeout", 0, "timeout of one health check (default: the interval) [CX_HEALTH_TIMEOUT]")
 	fs.IntVar(&c.Priority, "priority", 0, "announced priority, -1000 to 1000, lower is preferred [CX_PRIORITY]")
+	return c
+}
+
+// Load completes c once fs is parsed: every flag not given is read from
+// its environment variable (getenv), then the whole is checked.
+func (c *Config) Load(fs *pflag.FlagSet, getenv func(string) string) error {
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q: every setting is a flag, like --id app1", fs.Arg(0))
+	}
+	if err := c.fromEnv(fs, getenv); err != nil {
+		return err
+	}
+	if c.tls != (heartbeat.TLS{}) {
+		c.Auth.TLS = &c.tls
+	}
+	return c.validate()
+}
+
+// Parse reads the configuration from args and, for every flag not given,
+// from the environment (getenv; see Env), as `caddy-cx announce` does.
+// Help goes to out; -h returns pflag.ErrHelp.
+func Parse(args []string, getenv func(string) string, out io.Writer) (*Config, error) {
+	fs := pflag.NewFlagSet("caddy-cx announce", pflag.ContinueOnError)
+	fs.SetOutput(out)
+	c := NewConfig(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected argument %q: every setting is a flag, like --id app1", fs.Arg(0))
-	}
-	if err := c.fromEnv(fs, opts, getenv); err != nil {
-		return nil, err
-	}
-	return c, c.validate()
+	return c, c.Load(fs, getenv)
 }
 
 // fromEnv fills every flag that was not given from its variable.
-func (c *Config) fromEnv(fs *flag.FlagSet, opts []option, getenv func(string) string) error {
-	given := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
-	for _, o := range opts {
-		if v := getenv(o.env); v != "" && !given[o.flag] {
+func (c *Config) fromEnv(fs *pflag.FlagSet, getenv func(string) string) error {
+	given := func(name string) bool { return fs.Changed(name) }
+	for _, o := range c.options() {
+		if v := getenv(o.env); v != "" && !given(o.flag) {
 			*o.str = v
 		}
 	}
@@ -128,7 +133,7 @@ func (c *Config) fromEnv(fs *flag.FlagSet, opts []option, getenv func(string) st
 		dst       *time.Duration
 	}{{"interval", "CX_INTERVAL", &c.Interval}, {"health-timeout", "CX_HEALTH_TIMEOUT", &c.HealthTimeout}}
 	for _, d := range durations {
-		if v := getenv(d.env); v != "" && !given[d.flag] {
+		if v := getenv(d.env); v != "" && !given(d.flag) {
 			dur, err := time.ParseDuration(v)
 			if err != nil {
 				return fmt.Errorf("%s=%q is not a duration like 1s or 500ms", d.env, v)
@@ -136,7 +141,7 @@ func (c *Config) fromEnv(fs *flag.FlagSet, opts []option, getenv func(string) st
 			*d.dst = dur
 		}
 	}
-	if v := getenv("CX_PRIORITY"); v != "" && !given["priority"] {
+	if v := getenv("CX_PRIORITY"); v != "" && !given("priority") {
 		n, err := strconv.Atoi(v)
 		if err != nil {
 			return fmt.Errorf("CX_PRIORITY=%q is not a whole number", v)
@@ -174,7 +179,8 @@ func (c *Config) validate() error {
 	if c.HealthTimeout == 0 {
 		c.HealthTimeout = c.Interval
 	}
-	return c.Auth.validate()
+	// the flags are the settings' names: "tls cert" is --tls-cert
+	return c.Auth.ValidateNamed(func(setting string) string { return "--" + strings.ReplaceAll(setting, " ", "-") })
 }
 
 // validHeartbeat checks the announced fields with the protocol's rules.
@@ -206,33 +212,10 @@ func (c *Config) validHeartbeat() error {
 
 func validNATS(urls string) error {
 	for _, u := range strings.Split(urls, ",") {
-		parsed, err := url.Parse(strings.TrimSpace(u))
-		if err != nil || parsed.Host == "" {
-			return fmt.Errorf("--nats %q is not a URL like nats://nats:4222", redact.URL(u))
+		u = strings.TrimSpace(u)
+		if err := heartbeat.ValidServerURL(u); err != nil {
+			return fmt.Errorf("--nats %q: %v", redact.URL(u), err)
 		}
-		switch parsed.Scheme {
-		case "nats", "tls", "ws", "wss":
-		default:
-			return fmt.Errorf("--nats %q: scheme must be nats, tls, ws or wss", redact.URL(u))
-		}
-	}
-	return nil
-}
-
-func (a *Auth) validate() error {
-	n := 0
-	for _, set := range []bool{a.Credentials != "", a.Token != "", a.User != "", a.NKey != ""} {
-		if set {
-			n++
-		}
-	}
-	switch {
-	case n > 1:
-		return errors.New("choose one of --credentials, --token, --user and --nkey")
-	case (a.User == "") != (a.Password == ""):
-		return errors.New("--user needs --password and --password needs --user")
-	case (a.TLSCert == "") != (a.TLSKey == ""):
-		return errors.New("--tls-cert and --tls-key go together")
 	}
 	return nil
 }

@@ -2,7 +2,6 @@ package announce
 
 import (
 	"context"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -12,6 +11,8 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest"
 
 	"github.com/caddy-cx/caddy-cx/heartbeat"
 	"github.com/caddy-cx/caddy-cx/internal/natstest"
@@ -149,7 +150,7 @@ func run(t *testing.T, c *Config) *running {
 	t.Helper()
 	r := &running{sig: make(chan os.Signal, 1), done: make(chan error, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	log := zaptest.NewLogger(t, zaptest.Level(zapcore.DebugLevel))
 	go func() { r.done <- Run(ctx, c, r.sig, log) }()
 	t.Cleanup(func() {
 		cancel()

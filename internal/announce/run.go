@@ -8,6 +8,8 @@ import (
 	"sync"
 
 	"github.com/nats-io/nats.go"
+	"go.uber.org/zap"
+	"go.uber.org/zap/exp/zapslog"
 
 	"github.com/caddy-cx/caddy-cx/heartbeat"
 	"github.com/caddy-cx/caddy-cx/internal/redact"
@@ -23,14 +25,15 @@ import (
 // routing once its heartbeats are stale), and when the check passes again
 // it resumes with the same started_at and the next seq, so the gateway
 // sees the same process become ready again, not a restart.
-func Run(ctx context.Context, c *Config, signals <-chan os.Signal, log *slog.Logger) error {
+// Every line logged goes through log, redacted.
+func Run(ctx context.Context, c *Config, signals <-chan os.Signal, log *zap.Logger) error {
 	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+		log = zap.NewNop()
 	}
 	// Every line is redacted: the NATS url's user info is a password or
 	// a token, and nats.go's own redaction keeps a token in the clear.
-	log = redact.NewLogger(log).With("instance", c.ID)
-	opts, err := c.Auth.natsOptions()
+	log = zap.New(redact.NewCore(log.Core())).With(zap.String("instance", c.ID))
+	opts, err := c.Auth.Options()
 	if err != nil {
 		return err
 	}
@@ -40,7 +43,7 @@ func Run(ctx context.Context, c *Config, signals <-chan os.Signal, log *slog.Log
 	}
 	defer nc.Close()
 	if !nc.IsConnected() {
-		log.Warn("NATS unreachable; retrying in the background", "nats", redact.URL(c.NATS), "error", nc.LastError())
+		log.Warn("NATS unreachable; retrying in the background", zap.String("nats", redact.URL(c.NATS)), zap.Error(nc.LastError()))
 	}
 
 	s := &sidecar{cfg: c, nc: nc, log: log, state: heartbeat.StateReady}
@@ -66,17 +69,21 @@ func Run(ctx context.Context, c *Config, signals <-chan os.Signal, log *slog.Log
 	}
 }
 
-func connHandlers(log *slog.Logger) []nats.Option {
+func connHandlers(log *zap.Logger) []nats.Option {
 	return []nats.Option{
-		nats.ConnectHandler(func(nc *nats.Conn) { log.Info("connected to NATS", "server", redact.URL(nc.ConnectedUrl())) }),
-		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("reconnected to NATS", "server", redact.URL(nc.ConnectedUrl())) }),
+		nats.ConnectHandler(func(nc *nats.Conn) {
+			log.Info("connected to NATS", zap.String("server", redact.URL(nc.ConnectedUrl())))
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			log.Info("reconnected to NATS", zap.String("server", redact.URL(nc.ConnectedUrl())))
+		}),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
-				log.Warn("lost NATS connection; heartbeats resume on reconnect", "error", err)
+				log.Warn("lost NATS connection; heartbeats resume on reconnect", zap.Error(err))
 			}
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
-			log.Error("NATS error (check the user's permissions on the heartbeat and discover subjects)", "error", err)
+			log.Error("NATS error (check the user's permissions on the heartbeat and discover subjects)", zap.Error(err))
 		}),
 	}
 }
@@ -85,7 +92,7 @@ func connHandlers(log *slog.Logger) []nats.Option {
 type sidecar struct {
 	cfg   *Config
 	nc    *nats.Conn
-	log   *slog.Logger
+	log   *zap.Logger
 	state heartbeat.State
 	// pub is nil until the health check first passes, then announces the
 	// application until Run returns, paused while the check fails.
@@ -102,14 +109,14 @@ func (s *sidecar) onHealth(err error) {
 	case err == nil && s.pub.Paused():
 		s.pub.Resume()
 		s.waiting = false
-		s.log.Info("healthy again: heartbeats resumed", "state", s.state, "seq", s.pub.Seq())
+		s.log.Info("healthy again: heartbeats resumed", zap.String("state", string(s.state)), zap.Int64("seq", s.pub.Seq()))
 	case err != nil && s.pub != nil && !s.pub.Paused():
 		s.pub.Pause()
 		s.waiting = true
-		s.log.Warn("health check failed: heartbeats paused; the gateway takes the instance out of routing when they go stale", "error", err)
+		s.log.Warn("health check failed: heartbeats paused; the gateway takes the instance out of routing when they go stale", zap.Error(err))
 	case err != nil && !s.waiting:
 		s.waiting = true
-		s.log.Info("not healthy yet; heartbeats start once the health check passes", "error", err)
+		s.log.Info("not healthy yet; heartbeats start once the health check passes", zap.Error(err))
 	}
 }
 
@@ -122,11 +129,11 @@ func (s *sidecar) announce() {
 		err = pub.Start()
 	}
 	if err != nil {
-		s.log.Error("cannot announce", "error", err)
+		s.log.Error("cannot announce", zap.Error(err))
 		return
 	}
 	s.pub, s.waiting = pub, false
-	s.log.Info("healthy: announcing", "url", s.cfg.URL, "state", s.state, "subject", heartbeat.HeartbeatSubject(s.cfg.Prefix, s.cfg.ID))
+	s.log.Info("healthy: announcing", zap.String("url", s.cfg.URL), zap.String("state", string(s.state)), zap.String("subject", heartbeat.HeartbeatSubject(s.cfg.Prefix, s.cfg.ID)))
 }
 
 func (s *sidecar) publisherConfig() heartbeat.Config {
@@ -137,7 +144,8 @@ func (s *sidecar) publisherConfig() heartbeat.Config {
 		Interval: s.cfg.Interval,
 		Version:  s.cfg.Version,
 		Priority: s.cfg.Priority,
-		Logger:   s.log,
+		// the publisher logs with slog: into the same redacted zap core
+		Logger: slog.New(zapslog.NewHandler(s.log.Core())),
 	}
 }
 
@@ -153,10 +161,10 @@ func (s *sidecar) onSignal(sig os.Signal) (stop bool) {
 		return true
 	}
 	s.state = want
-	s.log.Info("state changed by signal", "signal", sig.String(), "state", want)
+	s.log.Info("state changed by signal", zap.String("signal", sig.String()), zap.String("state", string(want)))
 	if s.pub != nil {
 		if err := s.pub.SetState(want); err != nil {
-			s.log.Warn("state not published", "error", err)
+			s.log.Warn("state not published", zap.Error(err))
 		}
 	}
 	return false
@@ -168,13 +176,13 @@ func (s *sidecar) onSignal(sig os.Signal) (stop bool) {
 // gateway notices the silence anyway.
 func (s *sidecar) leave(why string) error {
 	if s.pub == nil {
-		s.log.Info("stopping; nothing to leave (not announcing)", "reason", why)
+		s.log.Info("stopping; nothing to leave (not announcing)", zap.String("reason", why))
 		return nil
 	}
 	if err := s.pub.Leave(); err != nil {
-		s.log.Warn("leaving not announced; the gateway notices when heartbeats go stale", "error", err)
+		s.log.Warn("leaving not announced; the gateway notices when heartbeats go stale", zap.Error(err))
 		return nil
 	}
-	s.log.Info("leaving announced", "reason", why)
+	s.log.Info("leaving announced", zap.String("reason", why))
 	return nil
 }

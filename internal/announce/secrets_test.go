@@ -3,7 +3,6 @@ package announce
 import (
 	"bytes"
 	"context"
-	"log/slog"
 	"os"
 	"strings"
 	"sync"
@@ -12,6 +11,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // syncBuffer is a log sink that tests read while Run writes.
@@ -56,7 +57,9 @@ func TestSecretsNotLogged(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			sig := make(chan os.Signal, 1)
 			done := make(chan error, 1)
-			go func() { done <- Run(ctx, c, sig, slog.New(slog.NewTextHandler(&logs, nil))) }()
+			go func() {
+				done <- Run(ctx, c, sig, zap.New(zapcore.NewCore(zapcore.NewConsoleEncoder(zap.NewDevelopmentEncoderConfig()), zapcore.AddSync(&logs), zapcore.InfoLevel)))
+			}()
 			deadline := time.Now().Add(wait)
 			for !strings.Contains(logs.String(), "NATS") {
 				if time.Now().After(deadline) {

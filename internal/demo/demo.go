@@ -112,7 +112,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	fleet := newFleet(natsURL, &o)
 	defer fleet.leave(w)
 	site := fmt.Sprintf("http://127.0.0.1:%d", o.Port)
-	printURLs(&o, gw, site)
+	printURLs(&o, site)
 	if err := fleet.start(ctx, w, site); err != nil {
 		return nil, err
 	}
@@ -140,14 +140,12 @@ func runDrill(ctx context.Context, o *Options, w *watch, f *fleet, site string) 
 	return report, report.versionsErr()
 }
 
-func printURLs(o *Options, gw *gateway, site string) {
+func printURLs(o *Options, site string) {
 	admin := fmt.Sprintf("http://127.0.0.1:%d", o.AdminPort)
 	out := o.Out
 	fmt.Fprintf(out, "caddy-cx demo: an embedded NATS server, the gateway and three instances on this machine.\n\n")
 	fmt.Fprintf(out, "  site            %s/\n", site)
-	if gw.status {
-		fmt.Fprintf(out, "  status page     %s/ha\n", site)
-	}
+	fmt.Fprintf(out, "  status page     %s/ha\n", site)
 	if get(admin+"/cx/instances") == http.StatusOK {
 		fmt.Fprintf(out, "  instances JSON  %s/cx/instances\n", admin)
 	}

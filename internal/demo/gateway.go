@@ -7,19 +7,20 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
+
+	// the gateway's Caddyfile uses cx_proxy and cx_status
+	_ "github.com/caddy-cx/caddy-cx/caddymodule"
 )
 
 // gateway is the in-process Caddy running the demo's Caddyfile.
 type gateway struct {
 	caddyfile string
-	status    bool // cx_status is available and configured at /ha
 }
 
 // caddyfileFor is the demo gateway's configuration: an embedded NATS
 // server, one site with cx_proxy (routing one version at a time, so that the
-// drill's deploy switches clients once) and, when withStatus, cx_status at
-// /ha.
-func caddyfileFor(o *Options, withStatus bool) string {
+// drill's deploy switches clients once) and cx_status at /ha.
+func caddyfileFor(o *Options) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `{
 	admin 127.0.0.1:%d
@@ -43,22 +44,14 @@ http://:%d {
 		versions consistent
 	}
 `, o.AdminPort, o.logLevel(), o.NATSPort, o.Port, o.Prefix)
-	if withStatus {
-		b.WriteString("\tcx_status /ha\n")
-	}
-	b.WriteString("}\n")
+	b.WriteString("\tcx_status /ha\n}\n")
 	return b.String()
 }
 
-// startGateway adapts and loads the demo Caddyfile. When this build has
-// no cx_status directive yet, the site goes without a status page.
+// startGateway adapts and loads the demo Caddyfile.
 func startGateway(o *Options) (*gateway, error) {
-	g := &gateway{caddyfile: caddyfileFor(o, true), status: true}
+	g := &gateway{caddyfile: caddyfileFor(o)}
 	cfg, err := adapt(g.caddyfile)
-	if err != nil && strings.Contains(err.Error(), "cx_status") {
-		g.caddyfile, g.status = caddyfileFor(o, false), false
-		cfg, err = adapt(g.caddyfile)
-	}
 	if err != nil {
 		return nil, err
 	}

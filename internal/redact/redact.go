@@ -4,9 +4,6 @@
 package redact
 
 import (
-	"context"
-	"fmt"
-	"log/slog"
 	"regexp"
 	"strconv"
 	"strings"
@@ -99,65 +96,4 @@ func Err(err error) error {
 		return nil
 	}
 	return redactedError{err}
-}
-
-// Handler is a slog.Handler that redacts every string, error and
-// message before passing the record on.
-type Handler struct{ Next slog.Handler }
-
-// NewLogger returns log with every record redacted.
-func NewLogger(log *slog.Logger) *slog.Logger {
-	if _, ok := log.Handler().(Handler); ok {
-		return log
-	}
-	return slog.New(Handler{Next: log.Handler()})
-}
-
-// Enabled implements slog.Handler.
-func (h Handler) Enabled(ctx context.Context, l slog.Level) bool { return h.Next.Enabled(ctx, l) }
-
-// Handle implements slog.Handler.
-func (h Handler) Handle(ctx context.Context, r slog.Record) error {
-	out := slog.NewRecord(r.Time, r.Level, String(r.Message), r.PC)
-	r.Attrs(func(a slog.Attr) bool {
-		out.AddAttrs(Attr(a))
-		return true
-	})
-	return h.Next.Handle(ctx, out)
-}
-
-// WithAttrs implements slog.Handler.
-func (h Handler) WithAttrs(attrs []slog.Attr) slog.Handler {
-	red := make([]slog.Attr, len(attrs))
-	for i, a := range attrs {
-		red[i] = Attr(a)
-	}
-	return Handler{Next: h.Next.WithAttrs(red)}
-}
-
-// WithGroup implements slog.Handler.
-func (h Handler) WithGroup(name string) slog.Handler { return Handler{Next: h.Next.WithGroup(name)} }
-
-// Attr returns a with its strings and errors redacted (in groups too).
-func Attr(a slog.Attr) slog.Attr {
-	v := a.Value.Resolve()
-	switch v.Kind() {
-	case slog.KindString:
-		return slog.String(a.Key, String(v.String()))
-	case slog.KindGroup:
-		group := v.Group()
-		red := make([]any, len(group))
-		for i, g := range group {
-			red[i] = Attr(g)
-		}
-		return slog.Group(a.Key, red...)
-	case slog.KindAny:
-		switch x := v.Any().(type) {
-		case error:
-			return slog.String(a.Key, Error(x))
-		case fmt.Stringer:
-			return slog.String(a.Key, String(x.String()))
-		}
-	}
-	return slog.Attr{Key: a.Key, Value: v}
 }
