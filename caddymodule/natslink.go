@@ -78,19 +78,6 @@ func (l *natsLink) start() error {
 
 func (l *natsLink) conn() *nats.Conn { return l.nc }
 
-// linkByKey returns the shared connection of key, or nil.
-func linkByKey(key string) *natsLink {
-	var found *natsLink
-	linkPool.Range(func(k, val any) bool {
-		if k == key {
-			found, _ = val.(*natsLink)
-			return false
-		}
-		return true
-	})
-	return found
-}
-
 func (l *natsLink) connected() bool { return l.up.Load() }
 
 func (l *natsLink) markUp(nc *nats.Conn) {
