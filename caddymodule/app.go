@@ -191,6 +191,7 @@ func (a *App) Start() error {
 			return err
 		}
 	}
+	a.link.logs.follow(a.logger)
 	if err := a.link.start(); err != nil {
 		return err
 	}

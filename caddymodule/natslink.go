@@ -26,6 +26,8 @@ type natsLink struct {
 	urls    string
 	options func(*zap.Logger, *natsLink) ([]nats.Option, error)
 	logger  *zap.Logger
+	// logs makes logger write to the log of the config started last.
+	logs *followingLogger
 
 	once    sync.Once
 	err     error
@@ -42,7 +44,8 @@ type natsLink struct {
 
 func acquireLink(key string, urls []string, options func(*zap.Logger, *natsLink) ([]nats.Option, error), logger *zap.Logger) (*natsLink, error) {
 	val, _, err := linkPool.LoadOrNew(key, func() (caddy.Destructor, error) {
-		return &natsLink{urls: strings.Join(urls, ","), options: options, logger: logger}, nil
+		logs := newFollowingLogger(logger)
+		return &natsLink{urls: strings.Join(urls, ","), options: options, logger: logs.With(), logs: logs}, nil
 	})
 	if err != nil {
 		return nil, err

@@ -39,6 +39,8 @@ func TestReloadReconfiguresInPlace(t *testing.T) {
 	}
 	load(logA, "\t\tstale_after 5s")
 	t.Cleanup(func() { _ = caddy.Stop() })
+	// an idle connection to an earlier test's server on this port would be reset
+	client.CloseIdleConnections()
 	eventually(t, 5*time.Second, func() bool {
 		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err == nil {
