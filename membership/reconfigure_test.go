@@ -1,11 +1,15 @@
 package membership
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/caddy-cx/caddy-cx/heartbeat"
 )
 
 // TestReconfigure: a reload's new settings apply to the live registry.
@@ -158,4 +162,46 @@ func TestReconfigureKeepsEventsToTheFirstOnEvent(t *testing.T) {
 	r.Apply(beat("a", 1), at(0))
 	mustKinds(t, rec, EventJoin)
 	mustKinds(t, other)
+}
+
+// TestReconfigureWhileBusy: reloads while heartbeats arrive, sweeps run,
+// probes answer and readers read; -race checks that whatever runs without
+// the registry's lock reads nothing Reconfigure writes.
+func TestReconfigureWhileBusy(t *testing.T) {
+	r, _ := newReg(t, Config{RebuildEvery: time.Millisecond})
+	confirm := func(string) bool { return true }
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	run := func(f func(i int)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-done:
+					return
+				default:
+					f(i)
+				}
+			}
+		}()
+	}
+	run(func(i int) {
+		data, _ := heartbeat.Encode(beat(fmt.Sprintf("app%d", i%20), int64(i+1), withVersion(fmt.Sprint(i%7)))) // decoded, not recognised
+		_ = r.Observe(heartbeat.HeartbeatSubject(heartbeat.DefaultPrefix, fmt.Sprintf("app%d", i%20)), data, time.Now())
+	})
+	run(func(int) { r.Sweep(time.Now().Add(time.Hour)) })
+	run(func(int) { _ = r.Snapshot(); _ = r.Members(); _ = r.Config(); _ = r.RoleConflicts() })
+	started := time.Now()
+	for i := 0; time.Since(started) < 300*time.Millisecond; i++ {
+		cfg := Config{StaleAfter: time.Duration(1+i%3) * time.Millisecond, RebuildEvery: time.Millisecond}
+		if i%2 == 0 {
+			cfg.Confirm, cfg.AllowIDs = confirm, []string{"app1*"}
+		}
+		if err := r.Reconfigure(cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(done)
+	wg.Wait()
 }
