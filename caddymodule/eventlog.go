@@ -162,9 +162,9 @@ func notLogged(n int) []zap.Field {
 	return []zap.Field{zap.Int("similar_not_logged", n)}
 }
 
-// followingLogger makes loggers that write to the log of the config that
-// follow names last: a service outlives the config that created it, and
-// that config's log outputs are closed when it is unloaded.
+// followingLogger makes loggers that write to the outputs of the logger
+// last given to follow: a service (or NATS link) outlives the config that
+// created it, and that config's log outputs close when it is unloaded.
 type followingLogger struct {
 	base *zap.Logger // name and options
 	core atomic.Pointer[zapcore.Core]
