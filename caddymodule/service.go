@@ -260,3 +260,6 @@ func runningServices() []*Service {
 	slices.SortFunc(out, func(a, b *Service) int { return strings.Compare(a.prefix, b.prefix) })
 	return out
 }
+
+// Interface guard: the usage pool destroys a service no config uses.
+var _ caddy.Destructor = (*Service)(nil)
