@@ -17,7 +17,6 @@ import (
 
 	"github.com/caddy-cx/caddy-cx/heartbeat"
 	"github.com/caddy-cx/caddy-cx/internal/redact"
-	"github.com/caddy-cx/caddy-cx/membership"
 )
 
 func init() {
@@ -155,6 +154,7 @@ func (a *App) Start() error {
 			return err
 		}
 	}
+	a.link.logs.follow(a.logger)
 	if err := a.link.start(); err != nil {
 		return err
 	}
@@ -163,6 +163,10 @@ func (a *App) Start() error {
 	defer a.mu.Unlock()
 	for _, s := range a.services {
 		s.loops.Store(guard)
+		// this config's settings and log take over the live service
+		if err := s.use(s.claimOf(a)); err != nil {
+			return fmt.Errorf("cx: subject_prefix %s: %v", s.prefix, err)
+		}
 		if err := s.start(a.link.conn()); err != nil {
 			return err
 		}
@@ -218,7 +222,7 @@ func (a *App) Cleanup() error {
 	a.services = nil
 	a.mu.Unlock()
 	for _, s := range services {
-		_, _ = servicePool.Delete(s.key)
+		s.release(s.claimOf(a))
 	}
 	if a.link != nil {
 		_, _ = linkPool.Delete(a.linkKey)
@@ -229,16 +233,33 @@ func (a *App) Cleanup() error {
 	return nil
 }
 
-// Service returns the membership of one subject prefix, shared with every
-// other user of the same configuration, across reloads.
-func (a *App) Service(cfg membership.Config, opts serviceOptions) (*Service, error) {
-	s, err := acquireService(a.linkKey, cfg, opts, a.logger)
+// Service returns the service of one subject prefix on this config's
+// NATS connection: the live one across reloads, which takes set when this
+// config starts. Two sites of this config naming one prefix share it, and
+// must ask the same settings of it.
+func (a *App) Service(set serviceSettings) (*Service, error) {
+	if set.membership.Prefix == "" {
+		set.membership.Prefix = heartbeat.DefaultPrefix
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, s := range a.services {
+		if s.prefix != set.membership.Prefix {
+			continue
+		}
+		if diff := s.claimOf(a).settings.differences(set); len(diff) > 0 {
+			return nil, sharedPrefixError(s.prefix, diff)
+		}
+		return s, nil
+	}
+	if err := set.membership.Validate(); err != nil {
+		return nil, fmt.Errorf("cx: %v", err)
+	}
+	s, err := acquireService(a.link, &claim{owner: a, settings: set, logger: a.logger})
 	if err != nil {
 		return nil, err
 	}
-	a.mu.Lock()
 	a.services = append(a.services, s)
-	a.mu.Unlock()
 	return s, nil
 }
 

@@ -21,11 +21,12 @@ import (
 func testService(t testing.TB, prefix string, cfg membership.Config) *Service {
 	t.Helper()
 	cfg.Prefix = prefix
-	s, err := acquireService("test-link-"+t.Name(), cfg, serviceOptions{}, zap.NewNop())
+	c := &claim{settings: serviceSettings{membership: cfg}, logger: zap.NewNop()}
+	s, err := acquireService(&natsLink{}, c)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _, _ = servicePool.Delete(s.key) })
+	t.Cleanup(func() { s.release(c) })
 	return s
 }
 

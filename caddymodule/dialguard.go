@@ -110,7 +110,7 @@ func defaultPolicy() dialPolicy {
 
 // dialPolicy is the policy of dials for this service's instances.
 func (s *Service) dialPolicy() dialPolicy {
-	return dialPolicy{loops: gatewayListeners.Load(), allow: s.allow, refusals: s.refusals}
+	return dialPolicy{loops: gatewayListeners.Load(), allow: s.allowNetworks(), refusals: s.refusals}
 }
 
 // policyFor returns the policy of the service a request was routed by:

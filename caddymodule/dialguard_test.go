@@ -323,7 +323,8 @@ func roundTripFor(tr *Transport, svc *Service, url string) (*http.Response, erro
 func TestAllowNetworksAppliesToResolvedNames(t *testing.T) {
 	tr := guardedTransport(t)
 	target := listenCounting(t, "tcp", "127.0.0.1:0")
-	outside := &Service{allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.2/32")}, refusals: newDialRefusals(nil)}
+	outside := &Service{refusals: newDialRefusals(nil)}
+	outside.allow.Store(&[]netip.Prefix{netip.MustParsePrefix("127.0.0.2/32")})
 	_, err := roundTripFor(tr, outside, fmt.Sprintf("http://localhost:%d/", target.port()))
 	if !refusedAs(err, refusedNetwork) {
 		t.Fatalf("localhost outside allow_networks: %v, want a refused dial error (network)", err)
@@ -333,7 +334,8 @@ func TestAllowNetworksAppliesToResolvedNames(t *testing.T) {
 	}
 
 	ok := startBackend(t, "inside")
-	inside := &Service{allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, refusals: newDialRefusals(nil)}
+	inside := &Service{refusals: newDialRefusals(nil)}
+	inside.allow.Store(&[]netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")})
 	resp, err := roundTripFor(tr, inside, strings.Replace(ok.url, "127.0.0.1", "localhost", 1))
 	if err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("localhost inside allow_networks: %v", err)
@@ -375,7 +377,8 @@ func TestUnspecifiedAndMetadataPeersAreRefusedBeforeConnecting(t *testing.T) {
 func TestConnectedPeerIsChecked(t *testing.T) {
 	tr := guardedTransport(t)
 	target := listenCounting(t, "tcp", "127.0.0.1:0")
-	svc := &Service{allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.2/32")}, refusals: newDialRefusals(nil)}
+	svc := &Service{refusals: newDialRefusals(nil)}
+	svc.allow.Store(&[]netip.Prefix{netip.MustParsePrefix("127.0.0.2/32")})
 	rebinding := tr.guardDial(func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "tcp", target.l.Addr().String())

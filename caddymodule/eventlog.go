@@ -3,10 +3,12 @@ package caddymodule
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/caddy-cx/caddy-cx/membership"
 )
@@ -59,6 +61,10 @@ func (l *eventLog) event(ev membership.Event) {
 		l.rejected(ev)
 	case membership.EventJoin, membership.EventLeave, membership.EventRestart, membership.EventDraining,
 		membership.EventReady, membership.EventForget:
+		if ev.Reason != "" {
+			// dropped by a reload's new settings: say which rule
+			fields = append(fields, zap.String("reason", ev.Reason), zap.String("detail", ev.Detail))
+		}
 		if n, ok := l.lifecycleDue(ev.Kind); ok {
 			l.logger.Info("membership", append(fields, notLogged(n)...)...)
 		}
@@ -155,3 +161,59 @@ func notLogged(n int) []zap.Field {
 	}
 	return []zap.Field{zap.Int("similar_not_logged", n)}
 }
+
+// followingLogger makes loggers that write to the outputs of the logger
+// last given to follow: a service (or NATS link) outlives the config that
+// created it, and that config's log outputs close when it is unloaded.
+type followingLogger struct {
+	base *zap.Logger // name and options
+	core atomic.Pointer[zapcore.Core]
+}
+
+func newFollowingLogger(l *zap.Logger) *followingLogger {
+	f := &followingLogger{base: l}
+	f.follow(l)
+	return f
+}
+
+// follow sends what the loggers write to l's outputs from now on.
+func (f *followingLogger) follow(l *zap.Logger) {
+	c := l.Core()
+	f.core.Store(&c)
+}
+
+// With returns a logger with fields that follows f.
+func (f *followingLogger) With(fields ...zap.Field) *zap.Logger {
+	return f.base.WithOptions(zap.WrapCore(func(zapcore.Core) zapcore.Core { return followingCore{f: f} })).With(fields...)
+}
+
+// followingCore is the zapcore.Core of f's loggers: each entry goes to
+// the core f follows now, with the fields added since.
+type followingCore struct {
+	f      *followingLogger
+	fields []zapcore.Field
+}
+
+func (c followingCore) current() zapcore.Core {
+	core := *c.f.core.Load()
+	if len(c.fields) > 0 {
+		core = core.With(c.fields)
+	}
+	return core
+}
+
+func (c followingCore) Enabled(l zapcore.Level) bool { return (*c.f.core.Load()).Enabled(l) }
+
+func (c followingCore) With(fields []zapcore.Field) zapcore.Core {
+	return followingCore{f: c.f, fields: append(append([]zapcore.Field(nil), c.fields...), fields...)}
+}
+
+func (c followingCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	return c.current().Check(e, ce)
+}
+
+func (c followingCore) Write(e zapcore.Entry, fields []zapcore.Field) error {
+	return c.current().Write(e, fields)
+}
+
+func (c followingCore) Sync() error { return (*c.f.core.Load()).Sync() }

@@ -253,12 +253,11 @@ func servedBy(t testing.TB, base, id string, within time.Duration) time.Duration
 func serviceOf(t testing.TB, prefix string) *Service {
 	t.Helper()
 	var found *Service
-	servicePool.Range(func(_, val any) bool {
-		if s, ok := val.(*Service); ok && s.prefix == prefix {
+	for _, s := range runningServices() {
+		if s.prefix == prefix {
 			found = s
 		}
-		return found == nil
-	})
+	}
 	if found == nil {
 		t.Fatalf("no service for prefix %s", prefix)
 	}

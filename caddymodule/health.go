@@ -16,13 +16,13 @@ const DefaultFailTimeout = 10 * time.Second
 // requests). A POST's 503 is not retried, so it is not counted either.
 // Marks are cleared when the instance restarts or returns from stale.
 type passiveHealth struct {
-	timeout time.Duration
+	timeout atomic.Int64 // fail_timeout (a time.Duration) of the config applied
 	marked  atomic.Int64 // number of marks, to skip lookups when none
 	until   sync.Map     // dial -> time.Time
 }
 
 func (h *passiveHealth) fail(dial string, now time.Time) {
-	if _, existed := h.until.Swap(dial, now.Add(h.timeout)); !existed {
+	if _, existed := h.until.Swap(dial, now.Add(time.Duration(h.timeout.Load()))); !existed {
 		h.marked.Add(1)
 	}
 }

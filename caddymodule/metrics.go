@@ -3,7 +3,8 @@ package caddymodule
 import (
 	"errors"
 	"net/http"
-	"sort"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,8 +20,8 @@ import (
 //
 // Lifetimes: a Service outlives a config (usage pool), while Caddy's
 // metrics registry is made anew for every config. So the numbers live in
-// serviceStats, pooled by subject prefix (the `service` label), which
-// survives reloads even when a service's settings change; and every config
+// the Service (serviceStats), one per subject prefix (the `service`
+// label), which a reload reconfigures in place; and every config
 // registers one metricsCollector in its own registry that reads them, and
 // the registries, at scrape time. Nothing is registered twice, no counter
 // restarts on reload, and heartbeats cost no metric work.
@@ -77,20 +78,8 @@ var allStates = []membership.State{membership.StateActive, membership.StateDrain
 // index 0 is "error".
 var codeClasses = [...]string{"error", "1xx", "2xx", "3xx", "4xx", "5xx"}
 
-// statsPool holds the counters of each subject prefix, shared by every
-// Service of that prefix and kept while one of them lives.
-var statsPool = caddy.NewUsagePool()
-
-// serviceStats are the counters of one subject prefix.
+// serviceStats are the counters of one Service.
 type serviceStats struct {
-	prefix string
-
-	// owner is the Service whose membership events are counted: two
-	// services of one prefix (a reload that changed settings, two sites
-	// with different stale_after) hear the same heartbeats, and counting
-	// both would count each change twice.
-	owner atomic.Pointer[Service]
-
 	events   sync.Map // membership.EventKind -> *atomic.Uint64
 	rejected sync.Map // reason -> *atomic.Uint64 (reasons are a small fixed set)
 	retries  sync.Map // reason -> *atomic.Uint64
@@ -164,16 +153,6 @@ type instanceStats struct {
 	codes [len(codeClasses)]atomic.Uint64
 }
 
-// Destruct is required by the usage pool; there is nothing to release.
-func (*serviceStats) Destruct() error { return nil }
-
-func acquireStats(prefix string) *serviceStats {
-	val, _, _ := statsPool.LoadOrNew(prefix, func() (caddy.Destructor, error) {
-		return &serviceStats{prefix: prefix}, nil
-	})
-	return val.(*serviceStats)
-}
-
 func counterOf(m *sync.Map, key any) *atomic.Uint64 {
 	if c, ok := m.Load(key); ok {
 		return c.(*atomic.Uint64)
@@ -191,18 +170,9 @@ func (st *serviceStats) instance(id string) *instanceStats {
 	return v.(*instanceStats)
 }
 
-// countsFor reports whether s's membership events are the counted ones,
-// taking over when the previous owner is gone.
-func (st *serviceStats) countsFor(s *Service) bool {
-	if o := st.owner.Load(); o != nil {
-		return o == s
-	}
-	return st.owner.CompareAndSwap(nil, s)
-}
-
-// observe counts one membership event of s. It is called for every event,
-// off the request path.
-func (s *Service) observe(ev membership.Event) {
+// countEvent counts one membership event of s. It is called for every
+// event, off the request path.
+func (s *Service) countEvent(ev membership.Event) {
 	st := s.stats
 	if st == nil {
 		return
@@ -210,9 +180,6 @@ func (s *Service) observe(ev membership.Event) {
 	if ev.Kind == membership.EventForget {
 		// bounded cardinality: a forgotten instance's series go away.
 		st.instances.Delete(ev.ID)
-	}
-	if !st.countsFor(s) {
-		return
 	}
 	n := uint64(ev.Messages())
 	counterOf(&st.events, ev.Kind).Add(n)
@@ -222,15 +189,6 @@ func (s *Service) observe(ev membership.Event) {
 	if ev.Kind != membership.EventRejected {
 		s.notePrimary()
 	}
-}
-
-// releaseStats lets go of the shared counters when s is destroyed.
-func (s *Service) releaseStats() {
-	if s.stats == nil {
-		return
-	}
-	s.stats.owner.CompareAndSwap(s, nil)
-	_, _ = statsPool.Delete(s.prefix)
 }
 
 // countRetry counts one retry; reason is how the previous try ended.
@@ -293,7 +251,7 @@ func (s *Service) primaryIDs(now time.Time) []string {
 // of which was primary before. It runs on membership events and scrapes.
 func (s *Service) notePrimary() {
 	st := s.stats
-	if st == nil || st.owner.Load() != s {
+	if st == nil {
 		return
 	}
 	ids := s.primaryIDs(time.Now())
@@ -379,31 +337,10 @@ func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 			break
 		}
 	}
-	for _, s := range representatives(services) {
+	slices.SortFunc(services, func(a, b *Service) int { return strings.Compare(a.prefix, b.prefix) })
+	for _, s := range services {
 		collectService(ch, s)
 	}
-}
-
-// representatives returns one service per prefix: the one whose events
-// are counted if this config has it, else the first.
-func representatives(services []*Service) []*Service {
-	byPrefix := map[string]*Service{}
-	var order []string
-	for _, s := range services {
-		have, ok := byPrefix[s.prefix]
-		if !ok {
-			order = append(order, s.prefix)
-		}
-		if !ok || (s.stats != nil && s.stats.owner.Load() == s && (have.stats == nil || have.stats.owner.Load() != have)) {
-			byPrefix[s.prefix] = s
-		}
-	}
-	sort.Strings(order)
-	out := make([]*Service, len(order))
-	for i, p := range order {
-		out[i] = byPrefix[p]
-	}
-	return out
 }
 
 func collectService(ch chan<- prometheus.Metric, s *Service) {

@@ -159,8 +159,8 @@ func TestMetricsFollowMembershipRequestsAndReloads(t *testing.T) {
 	}
 	expectMetric(t, m, `caddy_cx_membership_events_total{event="forget",service="cx.ha"}`, 1)
 
-	// a reload that changes the service's settings (a new registry) keeps
-	// the counters and registers nothing twice.
+	// a reload that changes the service's settings (applied to the live
+	// service in place) keeps the counters and registers nothing twice.
 	loadCaddyfile(t, fmt.Sprintf("{\n\tadmin off\n\tpersist_config off\n\tcx {\n\t\tnats %s\n\t}\n}\n%s\n", natsURL,
 		strings.ReplaceAll(strings.ReplaceAll(metricsSite, "{STALE}", "700ms"), "{PORT}", strings.TrimPrefix(base, "http://127.0.0.1:"))))
 	m = waitMetric(t, metrics, `caddy_cx_instances{service="cx.ha",state="active"}`, 1)

@@ -24,6 +24,8 @@ type natsLink struct {
 	urls    string
 	options func(*natsLink) ([]nats.Option, error)
 	logger  *zap.Logger
+	// logs makes logger write to the log of the config started last.
+	logs *followingLogger
 
 	once    sync.Once
 	err     error
@@ -40,7 +42,8 @@ type natsLink struct {
 
 func acquireLink(key string, urls []string, options func(*natsLink) ([]nats.Option, error), logger *zap.Logger) (*natsLink, error) {
 	val, _, err := linkPool.LoadOrNew(key, func() (caddy.Destructor, error) {
-		return &natsLink{urls: strings.Join(urls, ","), options: options, logger: logger}, nil
+		logs := newFollowingLogger(logger)
+		return &natsLink{urls: strings.Join(urls, ","), options: options, logger: logs.With(), logs: logs}, nil
 	})
 	if err != nil {
 		return nil, err
@@ -75,19 +78,6 @@ func (l *natsLink) start() error {
 }
 
 func (l *natsLink) conn() *nats.Conn { return l.nc }
-
-// linkByKey returns the shared connection of key, or nil.
-func linkByKey(key string) *natsLink {
-	var found *natsLink
-	linkPool.Range(func(k, val any) bool {
-		if k == key {
-			found, _ = val.(*natsLink)
-			return false
-		}
-		return true
-	})
-	return found
-}
 
 func (l *natsLink) connected() bool { return l.up.Load() }
 

@@ -1,8 +1,9 @@
 package caddymodule
 
 import (
-	"encoding/json"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,26 +16,53 @@ import (
 	"github.com/caddy-cx/caddy-cx/membership"
 )
 
-// servicePool holds the membership of each (connection, prefix, settings),
-// so that a reload keeps what the gateway knows instead of starting blind.
+// servicePool holds one Service per (NATS link, subject prefix), so that
+// a reload keeps what the gateway knows instead of starting blind.
+//
+// The reload path: the new config's Upstreams.Provision takes the live
+// service from the pool and adds its claim (its settings and logger);
+// the settings are checked then, but applied only when the new config's
+// cx app starts (Registry.Reconfigure: members kept, those the new rules
+// refuse dropped), so that a config that fails to load changes nothing.
+// The old config's Cleanup then drops its claim and its hold on the pool.
+// Should the new config fail after it started, its Cleanup puts the
+// settings of the config still running back.
 var servicePool = caddy.NewUsagePool()
 
+// serviceKey identifies a service. Settings are not part of it: a reload
+// that changes them reconfigures the live service.
+type serviceKey struct {
+	link   *natsLink
+	prefix string
+}
+
+// serviceBirths orders services of one prefix, newest last: while a
+// reload changes the NATS connection, the old and the new one overlap.
+var serviceBirths atomic.Uint64
+
 // Service is the membership of one subject prefix: a registry fed by a
-// watcher on the shared NATS connection.
+// watcher on the shared NATS connection, and its counters.
 type Service struct {
-	key      string
-	prefix   string
-	reg      *membership.Registry
+	prefix string
+	link   *natsLink
+	born   uint64
+	reg    *membership.Registry
+	// logger writes to the log of the config whose settings are applied.
+	logger   *followingLogger
 	log      *eventLog
 	health   *passiveHealth
 	inflight inflight
-	// stats are the counters exported as metrics (metrics.go); link is
-	// the NATS connection the service listens on (for its status).
+	// stats are the counters exported as metrics (metrics.go); they live
+	// as long as the service, across reloads.
 	stats *serviceStats
-	link  *natsLink
 
 	mu      sync.Mutex
 	watcher *membership.Watcher
+	// claims are the loaded configs that use the service, oldest first;
+	// applied is the one whose settings the registry runs with.
+	claims  []*claim
+	applied *claim
+
 	// warmUntil is the end of the start-up window in which a request that
 	// finds no instance waits for the first heartbeats (unix nanoseconds).
 	warmUntil atomic.Int64
@@ -42,117 +70,130 @@ type Service struct {
 	loops atomic.Pointer[loopGuard]
 	// allow is allow_networks, which every dial to an instance is checked
 	// against (dialguard.go); refusals counts the dials refused.
-	allow    []netip.Prefix
+	allow    atomic.Pointer[[]netip.Prefix]
 	refusals *dialRefusals
 }
 
-type serviceKey struct {
-	Link          string
-	Prefix        string
-	StaleAfter    time.Duration
-	ForgetAfter   time.Duration
-	MaxInstances  int
-	AllowNetworks []string
-	Priority      map[string]int
-	FailTimeout   time.Duration
-	Rise          int
-	FlapLimit     int
-	FlapWindow    time.Duration
-	FlapHold      time.Duration
-	Consistent    bool
-	ConfirmWith   string
-	AllowIDs      []string
-	PriorityRange *membership.PriorityRange
-	ClockSkew     time.Duration
-	Scheme        string
+// claim is one config's use of a service.
+type claim struct {
+	owner    *App
+	settings serviceSettings
+	logger   *zap.Logger
 }
 
-// serviceOptions are the settings of a service that live outside the
-// membership registry.
-type serviceOptions struct {
-	failTimeout time.Duration
-	confirmWith string // the path behind cfg.Confirm, for the pool key
-}
-
-func keyOf(link string, cfg membership.Config, opts serviceOptions) string {
-	k := serviceKey{Link: link, Prefix: cfg.Prefix, StaleAfter: cfg.StaleAfter, ForgetAfter: cfg.ForgetAfter,
-		MaxInstances: cfg.MaxInstances, Priority: cfg.Priority, FailTimeout: opts.failTimeout,
-		Rise: cfg.Rise, FlapLimit: cfg.FlapLimit, FlapWindow: cfg.FlapWindow, FlapHold: cfg.FlapHold,
-		Consistent: cfg.ConsistentVersions, ConfirmWith: opts.confirmWith,
-		AllowIDs: cfg.AllowIDs, PriorityRange: cfg.PriorityRange, ClockSkew: cfg.ClockSkew, Scheme: cfg.Scheme}
-	for _, n := range cfg.AllowNetworks {
-		k.AllowNetworks = append(k.AllowNetworks, n.String())
+// acquireService returns the service of c's prefix on link, creating it
+// with c's settings if none runs, and records c's claim on it.
+func acquireService(link *natsLink, c *claim) (*Service, error) {
+	if c.settings.membership.Prefix == "" {
+		c.settings.membership.Prefix = heartbeat.DefaultPrefix
 	}
-	b, _ := json.Marshal(k)
-	return string(b)
-}
-
-func acquireService(link string, cfg membership.Config, opts serviceOptions, logger *zap.Logger) (*Service, error) {
-	if cfg.Prefix == "" {
-		cfg.Prefix = heartbeat.DefaultPrefix
-	}
-	key := keyOf(link, cfg, opts)
-	val, loaded, err := servicePool.LoadOrNew(key, func() (caddy.Destructor, error) {
-		s := &Service{key: key, prefix: cfg.Prefix, log: newEventLog(logger.With(zap.String("service", cfg.Prefix))),
-			health: &passiveHealth{timeout: opts.failTimeout}}
-		cfg.OnEvent = s.onEvent
-		cfg.Deny = func(url string) string { return s.loops.Load().deny(url) }
-		s.allow = unmapNetworks(cfg.AllowNetworks)
-		s.refusals = newDialRefusals(s.log.logger)
-		if cfg.Confirm != nil {
-			cfg.Confirm = confirmProbe(opts.confirmWith, s.dialPolicy)
-		}
-		reg, err := membership.New(cfg)
-		if err != nil {
-			return nil, err
-		}
-		s.reg = reg
-		s.stats = acquireStats(cfg.Prefix)
-		s.refusals.count = &s.stats.dialRefused
-		s.link = linkByKey(link)
-		return s, nil
-	})
+	key := serviceKey{link: link, prefix: c.settings.membership.Prefix}
+	val, _, err := servicePool.LoadOrNew(key, func() (caddy.Destructor, error) { return newService(link, c) })
 	if err != nil {
 		return nil, err
 	}
 	s := val.(*Service)
-	if !loaded {
-		s.inherit(link)
-	}
+	s.mu.Lock()
+	s.claims = append(s.claims, c)
+	s.mu.Unlock()
 	return s, nil
 }
 
-// inherit seeds a new registry (settings changed in a reload) with the
-// members another service of the same prefix knows, re-checked against
-// the new settings, so that routing does not wait for the next heartbeats.
-func (s *Service) inherit(link string) {
-	servicePool.Range(func(_, val any) bool {
-		other, ok := val.(*Service)
-		if !ok || other.prefix != s.prefix || other.key == s.key {
-			return true
-		}
-		var k serviceKey
-		if json.Unmarshal([]byte(other.key), &k) != nil || k.Link != link {
-			return true
-		}
-		now := time.Now()
-		for _, m := range other.reg.Members() {
-			if m.State == membership.StateActive || m.State == membership.StateDraining {
-				s.reg.Apply(messageOf(m), now)
-			}
-		}
-		return false
-	})
+func newService(link *natsLink, c *claim) (*Service, error) {
+	prefix := c.settings.membership.Prefix
+	s := &Service{prefix: prefix, link: link, born: serviceBirths.Add(1), applied: c, stats: &serviceStats{},
+		logger: newFollowingLogger(c.logger), health: &passiveHealth{}}
+	logger := s.logger.With(zap.String("service", prefix))
+	s.log = newEventLog(logger)
+	s.refusals = newDialRefusals(logger)
+	s.refusals.count = &s.stats.dialRefused
+	reg, err := membership.New(s.registryConfig(c.settings))
+	if err != nil {
+		return nil, err
+	}
+	s.reg = reg
+	s.configure(c.settings)
+	return s, nil
 }
 
-func messageOf(m membership.Member) *heartbeat.Message {
-	state := heartbeat.StateReady
-	if m.State == membership.StateDraining {
-		state = heartbeat.StateDraining
+func (s *Service) key() serviceKey { return serviceKey{link: s.link, prefix: s.prefix} }
+
+// registryConfig is set's membership configuration with the service's
+// hooks: events, the loop guard, the confirmation probe.
+func (s *Service) registryConfig(set serviceSettings) membership.Config {
+	cfg := set.membership
+	cfg.OnEvent = s.onEvent
+	cfg.Deny = func(url string) string { return s.loops.Load().deny(url) }
+	cfg.Confirm = nil
+	if set.confirmWith != "" {
+		cfg.Confirm = confirmProbe(set.confirmWith, s.dialPolicy)
 	}
-	return &heartbeat.Message{Proto: heartbeat.Proto, ID: m.ID, URL: m.URL, State: state,
-		StartedAt: m.StartedAt, Seq: m.Seq, IntervalMS: int(m.Interval / time.Millisecond),
-		Version: m.Version, Priority: m.AnnouncedPriority, LeaderRoles: m.LeaderRoles, Meta: m.Meta}
+	return cfg
+}
+
+// configure applies the settings that live outside the registry.
+func (s *Service) configure(set serviceSettings) {
+	s.health.timeout.Store(int64(set.failTimeout))
+	nets := unmapNetworks(set.membership.AllowNetworks)
+	s.allow.Store(&nets)
+}
+
+// allowNetworks is allow_networks as the dial guard checks it.
+func (s *Service) allowNetworks() []netip.Prefix {
+	if p := s.allow.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// use makes the registry run with c's settings and log to c's logger:
+// c's config is starting.
+func (s *Service) use(c *claim) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.apply(c)
+}
+
+// apply reconfigures the live registry to c; s.mu must be held.
+func (s *Service) apply(c *claim) error {
+	s.logger.follow(c.logger)
+	if s.applied != nil && len(s.applied.settings.differences(c.settings)) == 0 {
+		s.applied = c
+		return nil
+	}
+	if err := s.reg.Reconfigure(s.registryConfig(c.settings)); err != nil {
+		return err
+	}
+	s.configure(c.settings)
+	s.applied = c
+	return nil
+}
+
+// release drops c's claim and the pool's hold for it. If the registry ran
+// with c while an older config still uses the service (the config of c
+// failed after it started), the latest remaining settings come back.
+func (s *Service) release(c *claim) {
+	s.mu.Lock()
+	s.claims = slices.DeleteFunc(s.claims, func(have *claim) bool { return have == c })
+	if s.applied == c && len(s.claims) > 0 {
+		if err := s.apply(s.claims[len(s.claims)-1]); err != nil {
+			s.log.logger.Error("restoring the settings of the running config", zap.Error(err))
+		}
+	}
+	s.mu.Unlock()
+	_, _ = servicePool.Delete(s.key())
+}
+
+// claimOf returns owner's claim on s.
+func (s *Service) claimOf(owner *App) *claim {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range s.claims {
+		if c.owner == owner {
+			return c
+		}
+	}
+	return nil
 }
 
 func (s *Service) onEvent(ev membership.Event) {
@@ -163,7 +204,7 @@ func (s *Service) onEvent(ev membership.Event) {
 	case membership.EventStale:
 		s.inflight.cancelAll(ev.ID, errInstanceStale)
 	}
-	s.observe(ev)
+	s.countEvent(ev)
 	s.log.event(ev)
 }
 
@@ -184,12 +225,6 @@ func (s *Service) start(nc *nats.Conn) error {
 	return nil
 }
 
-// Prefix is the subject prefix of this service.
-func (s *Service) Prefix() string { return s.prefix }
-
-// Registry is the membership registry of this service.
-func (s *Service) Registry() *membership.Registry { return s.reg }
-
 // Destruct stops watching when no config uses the service any more.
 func (s *Service) Destruct() error {
 	s.mu.Lock()
@@ -199,10 +234,32 @@ func (s *Service) Destruct() error {
 	if w != nil {
 		w.Stop()
 	}
-	// Late events of the abandoned registry (a pending rebuild, a probe,
-	// a heartbeat still being handled) must not reach the metrics of the
-	// service that replaced it.
+	// Late events (a pending rebuild, a probe, a heartbeat still being
+	// handled) must not be logged or counted by a service that is gone.
 	s.reg.Close()
-	s.releaseStats()
 	return nil
 }
+
+// runningServices returns one Service per subject prefix, by prefix, from
+// the usage pool: admin routes and handlers are provisioned apart from
+// the cx app, and the pool holds exactly the services that a loaded config
+// uses. While a reload changes the NATS connection, the newer service of
+// a prefix is the one reported.
+func runningServices() []*Service {
+	newest := map[string]*Service{}
+	servicePool.Range(func(_, val any) bool {
+		if s, ok := val.(*Service); ok && (newest[s.prefix] == nil || newest[s.prefix].born < s.born) {
+			newest[s.prefix] = s
+		}
+		return true
+	})
+	out := make([]*Service, 0, len(newest))
+	for _, s := range newest {
+		out = append(out, s)
+	}
+	slices.SortFunc(out, func(a, b *Service) int { return strings.Compare(a.prefix, b.prefix) })
+	return out
+}
+
+// Interface guard: the usage pool destroys a service no config uses.
+var _ caddy.Destructor = (*Service)(nil)

@@ -3,7 +3,6 @@ package caddymodule
 import (
 	"fmt"
 	"slices"
-	"sort"
 	"time"
 
 	"github.com/caddy-cx/caddy-cx/membership"
@@ -99,23 +98,6 @@ func statusReport(prefixes []string, limit int) StatusReport {
 		rep.Services = append(rep.Services, s.status(rep.GeneratedAt, limit))
 	}
 	return rep
-}
-
-// runningServices returns one Service per subject prefix, from the usage
-// pool: admin routes and handlers are provisioned apart from the cx app,
-// and the pool holds exactly the services that a loaded config uses.
-// Where several services share a prefix (different settings), the one
-// whose events are counted in metrics represents it.
-func runningServices() []*Service {
-	var all []*Service
-	servicePool.Range(func(_, val any) bool {
-		if s, ok := val.(*Service); ok && s.reg != nil {
-			all = append(all, s)
-		}
-		return true
-	})
-	sort.Slice(all, func(i, j int) bool { return all[i].key < all[j].key })
-	return representatives(all)
 }
 
 func (s *Service) status(now time.Time, limit int) ServiceStatus {

@@ -1,8 +1,6 @@
 package caddymodule
 
 import (
-	"net/netip"
-	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -148,52 +146,6 @@ func TestTrustOptionsReachTheRegistry(t *testing.T) {
 	routes := r.Snapshot().Routes
 	if len(routes) != 2 || routes[0].ID != "app-boss" || routes[0].Priority != -5 || routes[1].Priority != 0 {
 		t.Fatalf("routes %+v, want app-boss (override -5) then app-3 (clamped to 0)", routes)
-	}
-}
-
-// TestServiceKeyCoversEverySetting: two sites whose settings differ in any
-// field of membership.Config must not share one registry (the first one's
-// settings would win: with scheme, a TLS site and a plain one would refuse
-// each other's instances).
-func TestServiceKeyCoversEverySetting(t *testing.T) {
-	notSettings := map[string]bool{"OnEvent": true, "Deny": true, "Confirm": true, "RebuildEvery": true}
-	base := keyOf("link", membership.Config{Prefix: "cx.ha"}, serviceOptions{})
-	typ := reflect.TypeFor[membership.Config]()
-	for i := range typ.NumField() {
-		f := typ.Field(i)
-		if notSettings[f.Name] {
-			continue
-		}
-		var cfg membership.Config
-		cfg.Prefix = "cx.ha"
-		v := reflect.ValueOf(&cfg).Elem().Field(i)
-		switch v.Kind() {
-		case reflect.String:
-			v.SetString("x.y")
-		case reflect.Int, reflect.Int64:
-			v.SetInt(7)
-		case reflect.Bool:
-			v.SetBool(true)
-		case reflect.Slice:
-			switch f.Type.Elem() {
-			case reflect.TypeFor[string]():
-				v.Set(reflect.ValueOf([]string{"app*"}))
-			case reflect.TypeFor[netip.Prefix]():
-				v.Set(reflect.ValueOf([]netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}))
-			default:
-				t.Fatalf("field %s: teach this test its type %v", f.Name, f.Type)
-			}
-		case reflect.Map:
-			v.Set(reflect.ValueOf(map[string]int{"app1": 1}))
-		case reflect.Pointer:
-			v.Set(reflect.New(f.Type.Elem()))
-			v.Elem().Field(0).SetInt(1)
-		default:
-			t.Fatalf("field %s: teach this test its kind %v", f.Name, v.Kind())
-		}
-		if keyOf("link", cfg, serviceOptions{}) == base {
-			t.Errorf("membership.Config.%s is not part of the service key: two sites that differ only in it would share one registry", f.Name)
-		}
 	}
 }
 

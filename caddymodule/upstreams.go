@@ -142,7 +142,8 @@ func (Upstreams) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision joins (or creates) the membership of the subject prefix.
+// Provision joins (or creates) the service of the subject prefix; its
+// settings take effect when the cx app starts (see servicePool).
 func (u *Upstreams) Provision(ctx caddy.Context) error {
 	cfg, err := u.config()
 	if err != nil {
@@ -156,7 +157,7 @@ func (u *Upstreams) Provision(ctx caddy.Context) error {
 	if failTimeout == 0 {
 		failTimeout = DefaultFailTimeout
 	}
-	svc, err := appIface.(*App).Service(cfg, serviceOptions{failTimeout: failTimeout, confirmWith: u.ConfirmWith})
+	svc, err := appIface.(*App).Service(serviceSettings{membership: cfg, failTimeout: failTimeout, confirmWith: u.ConfirmWith})
 	if err != nil {
 		return err
 	}

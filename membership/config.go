@@ -113,6 +113,9 @@ func (c *Config) setDampingDefaults() error {
 	return nil
 }
 
+// Validate reports what New and Reconfigure would refuse in c.
+func (c Config) Validate() error { return c.setDefaults() }
+
 func (c *Config) setDefaults() error {
 	if c.Prefix == "" {
 		c.Prefix = heartbeat.DefaultPrefix

@@ -19,15 +19,15 @@ func (r *Registry) confirming(e *entry, now time.Time) bool {
 		return true
 	}
 	e.probing = true
-	go r.probe(e.ID, e.StartedAt, e.URL, now)
+	go r.probe(r.cfg.Confirm, e.ID, e.StartedAt, e.URL, now)
 	return true
 }
 
-// probe asks Confirm about url; asked is the registry's clock when the
+// probe asks confirm (Config.Confirm when the probe began) about url; asked is the registry's clock when the
 // sweep asked, which the answer's time is reckoned from.
-func (r *Registry) probe(id string, startedAt time.Time, url string, asked time.Time) {
+func (r *Registry) probe(confirm func(string) bool, id string, startedAt time.Time, url string, asked time.Time) {
 	began := time.Now()
-	alive := r.cfg.Confirm(url)
+	alive := confirm(url)
 	now := asked.Add(time.Since(began))
 	r.mu.Lock()
 	e, ok := r.members[id]

@@ -33,8 +33,9 @@ type Event struct {
 	Kind EventKind
 	ID   string
 	URL  string
-	// Reason is set for rejections: the offending field or rule, from a
-	// small fixed set (safe as a metric label).
+	// Reason is set for rejections, and for members a Reconfigure drops:
+	// the offending field or rule, from a small fixed set (safe as a
+	// metric label).
 	Reason string
 	// Detail is a human-readable explanation for logs.
 	Detail string

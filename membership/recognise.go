@@ -20,7 +20,7 @@ type lastPayload struct {
 // recognise returns the message data carries if it is the member's last
 // payload with another seq; nil means data must be decoded.
 func (r *Registry) recognise(subject string, data []byte) *heartbeat.Message {
-	id, ok := heartbeat.IDFromSubject(r.cfg.Prefix, subject)
+	id, ok := heartbeat.IDFromSubject(r.prefix, subject)
 	if !ok {
 		return nil
 	}

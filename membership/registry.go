@@ -14,8 +14,13 @@ import (
 // Registry holds the members of one subject prefix. Heartbeats and sweeps
 // change it under a lock; readers of Snapshot never block.
 type Registry struct {
-	cfg      Config
+	// prefix and onEvent are fixed at New; cfg (the rest) may change under
+	// mu (Reconfigure), so code that runs without the lock reads only these.
+	prefix   string
+	onEvent  func(Event)
 	snapshot atomic.Pointer[Snapshot]
+
+	cfg Config // under mu
 
 	mu            sync.Mutex
 	fruitlessScan time.Time // last eviction scan that found no victim
@@ -68,13 +73,17 @@ func New(cfg Config) (*Registry, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	r := &Registry{cfg: cfg, members: make(map[string]*entry)}
+	r := &Registry{prefix: cfg.Prefix, onEvent: cfg.OnEvent, cfg: cfg, members: make(map[string]*entry)}
 	r.snapshot.Store(&Snapshot{})
 	return r, nil
 }
 
 // Config returns the registry's configuration with defaults applied.
-func (r *Registry) Config() Config { return r.cfg }
+func (r *Registry) Config() Config {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.cfg
+}
 
 // Snapshot returns the current routing view. It never blocks.
 func (r *Registry) Snapshot() *Snapshot { return r.snapshot.Load() }
@@ -85,13 +94,13 @@ func (r *Registry) Observe(subject string, data []byte, now time.Time) error {
 		r.Apply(m, now)
 		return nil
 	}
-	m, err := heartbeat.Decode(r.cfg.Prefix, subject, data)
+	m, err := heartbeat.Decode(r.prefix, subject, data)
 	if err != nil {
 		reason := "invalid"
 		if e, ok := err.(*heartbeat.Error); ok {
 			reason = e.Field
 		}
-		id, _ := heartbeat.IDFromSubject(r.cfg.Prefix, subject)
+		id, _ := heartbeat.IDFromSubject(r.prefix, subject)
 		r.emit(Event{Kind: EventRejected, ID: sanitizeID(id), Reason: reason, Detail: err.Error()})
 		return err
 	}
@@ -458,8 +467,8 @@ func (r *Registry) report(events []Event) {
 }
 
 func (r *Registry) emit(ev Event) {
-	if r.cfg.OnEvent != nil && !r.closed.Load() {
-		r.cfg.OnEvent(ev)
+	if r.onEvent != nil && !r.closed.Load() {
+		r.onEvent(ev)
 	}
 }
 

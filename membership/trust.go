@@ -73,15 +73,17 @@ func (c *Config) wrongScheme(rawURL string) string {
 
 // priority is the effective priority of m's process: the operator's
 // override, else the announced one, clamped into PriorityRange.
-func (r *Registry) priority(m *heartbeat.Message) int {
-	if p, ok := r.cfg.Priority[m.ID]; ok {
+func (r *Registry) priority(m *heartbeat.Message) int { return r.priorityOf(m.ID, m.Priority) }
+
+func (r *Registry) priorityOf(id string, announced int) int {
+	if p, ok := r.cfg.Priority[id]; ok {
 		return p
 	}
 	rg := r.cfg.PriorityRange
 	if rg == nil {
-		return m.Priority
+		return announced
 	}
-	return min(max(m.Priority, rg.Min), rg.Max)
+	return min(max(announced, rg.Min), rg.Max)
 }
 
 // noteClamp reports once per process that its announced priority was

@@ -48,7 +48,7 @@ func (w *Watcher) Start() error {
 	if w.done != nil {
 		return nil
 	}
-	prefix := w.reg.cfg.Prefix
+	prefix := w.reg.prefix
 	sub, err := w.nc.Subscribe(heartbeat.HeartbeatWildcard(prefix), func(msg *nats.Msg) {
 		_ = w.reg.Observe(msg.Subject, msg.Data, time.Now())
 	})
@@ -137,7 +137,7 @@ func (w *Watcher) reportDropped(sub *nats.Subscription) {
 }
 
 func (w *Watcher) discover() {
-	err := w.nc.Publish(heartbeat.DiscoverSubject(w.reg.cfg.Prefix), nil)
+	err := w.nc.Publish(heartbeat.DiscoverSubject(w.reg.prefix), nil)
 	if err != nil && w.OnError != nil {
 		w.OnError(err)
 	}
