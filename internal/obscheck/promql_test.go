@@ -1,0 +1,137 @@
+package obscheck
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestParseExpr(t *testing.T) {
+	for _, tc := range []struct {
+		expr      string
+		selectors []Selector
+		grouping  []string
+	}{
+		{`caddy_cx_nats_connected == 0`, []Selector{{Metric: "caddy_cx_nats_connected"}}, nil},
+		{
+			`sum by (service, reason) (rate(caddy_cx_retries_total{service=~"$service", instance=~"${gateway:regex}"}[$__rate_interval]))`,
+			[]Selector{{Metric: "caddy_cx_retries_total", Labels: []string{"service", "instance"}}},
+			[]string{"service", "reason"},
+		},
+		{
+			// strings may hold anything, brackets hold durations, `offset`
+			// and `bool` are keywords, not metrics
+			`max without(job) (caddy_cx_primary{instance_id!="a}b,c=\"d\""} offset 5m) > bool 0`,
+			[]Selector{{Metric: "caddy_cx_primary", Labels: []string{"instance_id"}}},
+			[]string{"job"},
+		},
+		{
+			`time() - max by (service, role) (caddy_cx_leader_role_conflict_since_timestamp_seconds)`,
+			[]Selector{{Metric: "caddy_cx_leader_role_conflict_since_timestamp_seconds"}},
+			[]string{"service", "role"},
+		},
+		{
+			`a / on (service) group_left (version) b{version=~'1.*'} and {__name__="c"}`,
+			[]Selector{{Metric: "a"}, {Metric: "b", Labels: []string{"version"}}, {Labels: []string{"__name__"}}},
+			[]string{"service", "version"},
+		},
+		{
+			"sum(increase(x[1h:5m])) # a comment naming y\n+ 1e3 * z",
+			[]Selector{{Metric: "x"}, {Metric: "z"}},
+			nil,
+		},
+	} {
+		e, err := ParseExpr(tc.expr)
+		if err != nil {
+			t.Errorf("%s: %v", tc.expr, err)
+			continue
+		}
+		if !reflect.DeepEqual(e.Selectors, tc.selectors) || !reflect.DeepEqual(e.Grouping, tc.grouping) {
+			t.Errorf("%s:\n got %+v %v\nwant %+v %v", tc.expr, e.Selectors, e.Grouping, tc.selectors, tc.grouping)
+		}
+	}
+}
+
+func TestParseExprRefusesMalformed(t *testing.T) {
+	for _, expr := range []string{
+		`sum(rate(x[5m])`,  // unclosed (
+		`x{a="b"`,          // unclosed {
+		`x{a~"b"}`,         // no operator
+		`x{a=b}`,           // unquoted value
+		`x{a="b}`,          // unclosed string
+		`rate(x[5m)`,       // unclosed [
+		`sum by (a-b) (x)`, // not a label name
+		`x) + (y`,          // unbalanced
+		`x ; y`,            // not PromQL
+	} {
+		if _, err := ParseExpr(expr); err == nil {
+			t.Errorf("%s: parsed, want an error", expr)
+		}
+	}
+}
+
+func TestCheckFindsWrongNames(t *testing.T) {
+	families := SpecLabels()
+	ok := Query{Where: "ok", Expr: `sum by (service, instance_id) (rate(caddy_cx_upstream_requests_total{code_class="5xx", job="caddy"}[5m]))`,
+		Labels: []string{"instance_id", "instance"}}
+	if p := Check(ok, families); len(p) != 0 {
+		t.Errorf("a correct query has problems: %v", p)
+	}
+	for _, tc := range []struct {
+		q    Query
+		want string
+	}{
+		{Query{Where: "w", Expr: `caddy_cx_served_version`}, "metric caddy_cx_served_version does not exist"},
+		{Query{Where: "w", Expr: `caddy_cx_primary{instance_id="a", reason="x"}`}, "caddy_cx_primary has no label reason"},
+		{Query{Where: "w", Expr: `sum by (code) (caddy_cx_upstream_requests_total)`}, "label code is on none of"},
+		{Query{Where: "w", Expr: `caddy_cx_retries_total`, Labels: []string{"instance_id"}}, "label instance_id is on none of"},
+		{Query{Where: "w", Expr: `vector(1)`}, "names no metric"},
+	} {
+		p := Check(tc.q, families)
+		if len(p) != 1 || !strings.Contains(p[0], tc.want) {
+			t.Errorf("%s: problems %q, want one containing %q", tc.q.Expr, p, tc.want)
+		}
+	}
+}
+
+func TestTemplateLabels(t *testing.T) {
+	if got := LegendLabels("{{service}} {{ instance_id }} {{service}}"); !reflect.DeepEqual(got, []string{"service", "instance_id"}) {
+		t.Errorf("legend labels %v", got)
+	}
+	if got := AnnotationLabels(`{{ $labels.service }} on {{ $labels.instance }}: {{ $value }}{{ end }}`); !reflect.DeepEqual(got, []string{"service", "instance"}) {
+		t.Errorf("annotation labels %v", got)
+	}
+}
+
+func TestSpecIsConsistent(t *testing.T) {
+	for name, f := range Families {
+		if (f.Type == "counter") != strings.HasSuffix(name, "_total") {
+			t.Errorf("%s: type %s", name, f.Type)
+		}
+		for _, l := range f.Labels {
+			for _, target := range TargetLabels {
+				if l == target {
+					t.Errorf("%s: label %s collides with Prometheus's target label", name, l)
+				}
+			}
+		}
+	}
+	for name, byLabel := range Preinitialised {
+		f, ok := Families[name]
+		if !ok || f.Type != "counter" {
+			t.Errorf("pre-initialised %s is not a counter of the contract", name)
+		}
+		for label, values := range byLabel {
+			seen := map[string]bool{}
+			for _, v := range values {
+				if seen[v] {
+					t.Errorf("%s{%s}: %q twice", name, label, v)
+				}
+				seen[v] = true
+			}
+			if name == "caddy_cx_membership_events_total" && seen["rejected"] {
+				t.Errorf("membership_events_total must not count rejections: heartbeats_rejected_total does")
+			}
+		}
+	}
+}
