@@ -179,9 +179,12 @@ func Check(q Query, families map[string][]string) []string {
 		}
 	}
 	for _, s := range e.Selectors {
-		labels := families[s.Metric]
+		labels, ok := families[s.Metric]
+		if !ok {
+			continue // reported above, or no metric name
+		}
 		for _, l := range s.Labels {
-			if s.Metric != "" && l != "__name__" && !slices.Contains(labels, l) && !slices.Contains(TargetLabels, l) {
+			if l != "__name__" && !slices.Contains(labels, l) && !slices.Contains(TargetLabels, l) {
 				problems = append(problems, fmt.Sprintf("%s: %s has no label %s", q.Where, s.Metric, l))
 			}
 		}
