@@ -189,6 +189,9 @@ func Check(q Query, families map[string][]string) []string {
 			}
 		}
 	}
+	if len(problems) > 0 {
+		return problems // labels of a metric that does not exist say nothing more
+	}
 	var missing []string
 	for _, l := range append(append([]string(nil), e.Grouping...), q.Labels...) {
 		if !have[l] && !slices.Contains(missing, l) {
