@@ -1,7 +1,10 @@
 package obscheck
 
 import (
+	"os"
+	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -132,6 +135,49 @@ func TestSpecIsConsistent(t *testing.T) {
 			if name == "caddy_cx_membership_events_total" && seen["rejected"] {
 				t.Errorf("membership_events_total must not count rejections: heartbeats_rejected_total does")
 			}
+		}
+	}
+}
+
+// TestMetricsDocMatchesTheContract keeps docs/METRICS.md's table in step
+// with the contract: every family documented with its type and labels, and
+// the names renamed away mentioned only in the deprecation note.
+func TestMetricsDocMatchesTheContract(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("..", "..", "docs", "METRICS.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(data)
+	for name, f := range Families {
+		row := "| `" + name + "` | " + f.Type + " | "
+		i := strings.Index(doc, row)
+		if i < 0 {
+			t.Errorf("docs/METRICS.md has no table row %q", row)
+			continue
+		}
+		line := doc[i:]
+		line = line[:strings.IndexByte(line, '\n')]
+		cells := strings.Split(line, "|") // "", name, type, labels, meaning, ""
+		var labels []string
+		for _, l := range strings.Split(cells[3], ",") {
+			if l = strings.Trim(l, "` "); l != "" {
+				labels = append(labels, l)
+			}
+		}
+		slices.Sort(labels)
+		if !slices.Equal(labels, f.Labels) {
+			t.Errorf("docs/METRICS.md: %s labels %v, contract %v", name, labels, f.Labels)
+		}
+	}
+	note := strings.Index(doc, "### Renamed metrics")
+	end := strings.Index(doc[note+1:], "\n### ")
+	if note < 0 || end < 0 {
+		t.Fatal("docs/METRICS.md has no deprecation note section")
+	}
+	outside := doc[:note] + doc[note+1+end:]
+	for _, old := range []string{"leader_role_conflict_since_seconds", "caddy_cx_served_version`", "caddy_cx_served_version{", `event="rejected"`, "honor_labels: true"} {
+		if strings.Contains(outside, old) {
+			t.Errorf("docs/METRICS.md uses %q outside the deprecation note", old)
 		}
 	}
 }
