@@ -227,7 +227,8 @@ func variables() []any {
 	labelValues := func(name, label, q string) map[string]any {
 		return map[string]any{
 			"name": name, "label": label, "type": "query", "datasource": promDS,
-			"query":      map[string]any{"query": q, "refId": "PrometheusVariableQueryEditor-VariableQuery", "qryType": 1},
+			// the string form, which every Grafana version since 7 reads
+			"query":      q,
 			"definition": q, "refresh": 2, "includeAll": true, "multi": true, "allValue": ".*",
 			"current": map[string]any{}, "options": []any{}, "regex": "", "sort": 1, "hide": 0,
 		}
