@@ -3,6 +3,7 @@ package obscheck
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"regexp"
 	"slices"
 	"sort"
@@ -128,8 +129,8 @@ func RuleQueries(data []byte) ([]Query, error) {
 		for _, r := range g.Rules {
 			q := Query{Where: fmt.Sprintf("rule %s%s", r.Alert, r.Record), Expr: r.Expr}
 			for _, m := range []map[string]string{r.Labels, r.Annotations} {
-				for _, v := range m {
-					for _, l := range AnnotationLabels(v) {
+				for _, k := range slices.Sorted(maps.Keys(m)) {
+					for _, l := range AnnotationLabels(m[k]) {
 						if !slices.Contains(q.Labels, l) {
 							q.Labels = append(q.Labels, l)
 						}

@@ -181,3 +181,54 @@ func TestMetricsDocMatchesTheContract(t *testing.T) {
 		}
 	}
 }
+
+func TestDashboardQueries(t *testing.T) {
+	data := []byte(`{
+		"panels": [
+			{"title": "a", "targets": [{"refId": "A", "expr": "x{service=~\"$service\"}", "legendFormat": "{{instance_id}}"}]},
+			{"type": "row", "title": "collapsed", "panels": [{"title": "b", "targets": [{"refId": "B", "expr": "rate(y[5m])"}]}]}
+		],
+		"templating": {"list": [
+			{"name": "datasource", "type": "datasource", "query": "prometheus"},
+			{"name": "service", "type": "query", "query": "label_values(x, service)"},
+			{"name": "gateway", "type": "query", "query": {"query": "label_values(z{job=\"cx\"}, instance)", "refId": "V"}}
+		]}
+	}`)
+	qs, err := DashboardQueries(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Query{
+		{Where: `panel "a" target A`, Expr: `x{service=~"$service"}`, Labels: []string{"instance_id"}},
+		{Where: `panel "b" target B`, Expr: `rate(y[5m])`},
+		{Where: `variable "service"`, Expr: `x`, Labels: []string{"service"}},
+		{Where: `variable "gateway"`, Expr: `z{job="cx"}`, Labels: []string{"instance"}},
+	}
+	if !reflect.DeepEqual(qs, want) {
+		t.Errorf("queries\n got %+v\nwant %+v", qs, want)
+	}
+	if _, err := DashboardQueries([]byte(`{"templating": {"list": [{"name": "v", "type": "query", "query": "query_result(x)"}]}}`)); err == nil {
+		t.Error("a variable that is not label_values was accepted")
+	}
+}
+
+func TestRuleQueries(t *testing.T) {
+	qs, err := RuleQueries([]byte(`
+groups:
+  - name: g
+    rules:
+      - alert: A
+        expr: sum by (service) (x) > 0
+        labels: {severity: warning}
+        annotations: {summary: "{{ $labels.service }} on {{ $labels.instance }}"}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(qs) != 1 || qs[0].Expr != "sum by (service) (x) > 0" || !reflect.DeepEqual(qs[0].Labels, []string{"service", "instance"}) {
+		t.Errorf("rule queries %+v", qs)
+	}
+	if _, err := RuleQueries([]byte("groups:\n  - name: g\n    rules:\n      - alert: A\n        exp: x\n")); err == nil {
+		t.Error("a misspelt key (exp) was accepted")
+	}
+}
