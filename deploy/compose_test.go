@@ -391,7 +391,7 @@ func TestGatewayMetricsSite(t *testing.T) {
 		t.Fatal("deploy/Caddyfile has no :9180 site")
 	}
 	code, body := get(t, site+"/metrics")
-	if code != http.StatusOK || !strings.Contains(body, "caddy_cx_nats_connected") {
+	if code != http.StatusOK || !strings.Contains(body, "\ncaddy_cx_") {
 		t.Errorf("GET /metrics: %d, cx metrics missing:\n%.500s", code, body)
 	}
 	if code, _ := get(t, site+"/healthz"); code != http.StatusOK {
