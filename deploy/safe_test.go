@@ -2,14 +2,12 @@ package deploy
 
 import (
 	"encoding/json"
-	"net"
 	"net/http"
 	"net/url"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -82,9 +80,11 @@ func TestComposeNATSUsers(t *testing.T) {
 	vars := passwordVars(t)
 
 	nats := services["nats"]
+	// compose.conf includes permissions.conf (TestComposeNATSConfig).
 	if !slices.Contains(nats.Volumes, "./deploy/nats/permissions.conf:/etc/nats/permissions.conf:ro") ||
-		!slices.Equal(nats.Command, []string{"--config", "/etc/nats/permissions.conf"}) {
-		t.Errorf("nats: volumes %v command %v, want deploy/nats/permissions.conf mounted and loaded", nats.Volumes, nats.Command)
+		!slices.Contains(nats.Volumes, "./deploy/nats/compose.conf:/etc/nats/compose.conf:ro") ||
+		!slices.Equal(nats.Command, []string{"--config", "/etc/nats/compose.conf"}) {
+		t.Errorf("nats: volumes %v command %v, want deploy/nats/permissions.conf mounted and loaded through compose.conf", nats.Volumes, nats.Command)
 	}
 	for user, v := range vars {
 		if got := secretVar(t, "nats: "+v, nats.Environment[v]); got != v {
@@ -346,56 +346,15 @@ func TestStatusPageAsksForPassword(t *testing.T) {
 	}
 }
 
-// runCaddyfile loads file into this process's Caddy with its listeners on
-// one loopback port, the admin API off and NATS at natsURL, and returns
-// the site's base URL once it answers.
+// runCaddyfile starts file (startCaddyfile) and returns the base URL of
+// the site that serves the status page.
 func runCaddyfile(t *testing.T, file, natsURL string) string {
 	t.Helper()
-	text := read(t, file)
-	if strings.Contains(text, "$2a$14$") {
-		if !strings.Contains(text, exampleHash) {
-			t.Fatalf("%s: a bcrypt hash that is not the documented one of \"secret\"", file)
+	for _, s := range startCaddyfile(t, file, natsURL) {
+		if s.statusPage {
+			return "http://" + s.addr
 		}
-		text = strings.ReplaceAll(text, exampleHash, testHash)
 	}
-	cfgJSON, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(text), map[string]any{"filename": file})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var cfg map[string]any
-	if err := json.Unmarshal(cfgJSON, &cfg); err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	cfg["admin"] = map[string]any{"disabled": true, "config": map[string]any{"persist": false}}
-	apps := cfg["apps"].(map[string]any)
-	apps["cx"].(map[string]any)["nats"] = []string{natsURL}
-	for _, srv := range apps["http"].(map[string]any)["servers"].(map[string]any) {
-		srv.(map[string]any)["listen"] = []string{addr}
-	}
-	out, err := json.Marshal(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := caddy.Load(out, true); err != nil {
-		t.Fatalf("%s: %v", file, err)
-	}
-	t.Cleanup(func() { _ = caddy.Stop() })
-	deadline := time.Now().Add(wait)
-	for {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-			return "http://" + addr
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not listening on %s: %v", file, addr, err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	t.Fatalf("%s: no server serves cx_status", file)
+	return ""
 }
