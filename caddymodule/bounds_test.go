@@ -215,7 +215,7 @@ func TestRoleLabelBounded(t *testing.T) {
 		series := 0
 		other := false
 		for _, f := range families {
-			if f.GetName() != "caddy_cx_leader_role_conflict_since_seconds" {
+			if f.GetName() != "caddy_cx_leader_role_conflict_since_timestamp_seconds" {
 				continue
 			}
 			for _, m := range f.GetMetric() {

@@ -32,19 +32,22 @@ var (
 	descInstances = prometheus.NewDesc(metricsNamespace+"instances",
 		"Known instances by state (active, draining, stale, left).", []string{"service", "state"}, nil)
 	descHeartbeatAge = prometheus.NewDesc(metricsNamespace+"heartbeat_age_seconds",
-		"Seconds since the instance's last accepted heartbeat, by the gateway's clock.", []string{"service", "instance"}, nil)
+		"Seconds since the instance's last accepted heartbeat, by the gateway's clock.", []string{"service", "instance_id"}, nil)
 	descPrimary = prometheus.NewDesc(metricsNamespace+"primary",
 		"1 for the instance(s) that take new requests now under the failover policy (best priority tier, not failing), 0 for other known instances.",
-		[]string{"service", "instance"}, nil)
+		[]string{"service", "instance_id"}, nil)
 	descEvents = prometheus.NewDesc(metricsNamespace+"membership_events_total",
-		"Membership changes: join, leave, stale, restart, rejected, conflict, draining, ready, forget.", []string{"service", "event"}, nil)
+		"Membership changes, by event: join, leave, stale, restart, conflict, draining, ready, forget, flapping, version_switch, role_conflict, role_resolved, alive_unheard, priority_clamped. Rejected heartbeats are counted by caddy_cx_heartbeats_rejected_total.",
+		[]string{"service", "event"}, nil)
 	descRejected = prometheus.NewDesc(metricsNamespace+"heartbeats_rejected_total",
-		"Heartbeats refused, by reason (the offending field or rule).", []string{"service", "reason"}, nil)
+		"Heartbeats refused, by reason: the offending field (subject, payload, json, proto, id, url, state, started_at, seq, interval_ms, priority, version, leader_roles, meta; invalid when none is named), a rule (id: outside allow_ids, clock, scheme, network, loop, rate, capacity), or dropped (unread: the gateway fell behind).",
+		[]string{"service", "reason"}, nil)
 	descRequests = prometheus.NewDesc(metricsNamespace+"upstream_requests_total",
 		"Tries of requests at an instance, by outcome: 1xx to 5xx, or error (no response: connection error, timeout, cancelled).",
-		[]string{"service", "instance", "code_class"}, nil)
+		[]string{"service", "instance_id", "code_class"}, nil)
 	descRetries = prometheus.NewDesc(metricsNamespace+"retries_total",
-		"Requests retried on another instance, by why the previous try failed.", []string{"service", "reason"}, nil)
+		"Requests retried on another instance, by how the previous try ended: dial_error, stale (the instance went silent), transport_error, status_5xx, other (a custom lb_retry_match), unknown (dynamic cx without the cx transport).",
+		[]string{"service", "reason"}, nil)
 	descDialRefused = prometheus.NewDesc(metricsNamespace+"dial_refused_total",
 		"Connections to instances refused when dialing, by reason: loop (the peer is one of the gateway's own listeners, or unspecified) or network (outside allow_networks; link-local or cloud metadata when allow_networks is unset).",
 		[]string{"service", "reason"}, nil)
@@ -54,20 +57,33 @@ var (
 		"1 while the gateway is connected to NATS, else 0.", nil, nil)
 	descNATSReconnects = prometheus.NewDesc(metricsNamespace+"nats_reconnects_total",
 		"Times the gateway's NATS connection came back after being lost.", nil, nil)
-	descRoleConflict = prometheus.NewDesc(metricsNamespace+"leader_role_conflict_since_seconds",
+	descRoleConflict = prometheus.NewDesc(metricsNamespace+"leader_role_conflict_since_timestamp_seconds",
 		"Unix time since which a leader role is claimed by more than one active instance (split brain); absent when none is.",
 		[]string{"service", "role"}, nil)
-	descServedVersion = prometheus.NewDesc(metricsNamespace+"served_version",
-		"1 for the version routed with `versions consistent`.", []string{"service", "version"}, nil)
+	descServedVersion = prometheus.NewDesc(metricsNamespace+"served_version_info",
+		"The version routed with `versions consistent`, in the version label; always 1.", []string{"service", "version"}, nil)
 
 	allDescs = []*prometheus.Desc{descInstances, descHeartbeatAge, descPrimary, descEvents, descRejected,
 		descRequests, descRetries, descDialRefused, descFailovers, descNATSConnected, descNATSReconnects, descRoleConflict, descServedVersion}
 )
 
 // contractEvents are always exported, at 0 until they happen, so that
-// alerts on them work from the start.
+// increase() and alerts see the first one. Rejections are not among them:
+// heartbeats_rejected_total counts those (one counter per fact).
 var contractEvents = []membership.EventKind{membership.EventJoin, membership.EventLeave, membership.EventStale,
-	membership.EventRestart, membership.EventRejected, membership.EventConflict}
+	membership.EventRestart, membership.EventConflict, membership.EventDraining, membership.EventReady,
+	membership.EventForget, membership.EventFlapping, membership.EventVersionSwitch, membership.EventRoleConflict,
+	membership.EventRoleResolved, membership.EventAliveUnheard, membership.EventPriorityClamped}
+
+// rejectionReasons are always exported, at 0 until a heartbeat is refused:
+// the fields heartbeat.Decode names, membership's rules and limits, the
+// watcher's dropped messages, and invalid (an error naming no field).
+var rejectionReasons = []string{"subject", "payload", "json", "proto", "id", "url", "state", "started_at", "seq",
+	"interval_ms", "priority", "version", "leader_roles", "meta", "clock", "scheme", "network", "loop",
+	"rate", "capacity", "dropped", "invalid"}
+
+// retryReasons are always exported, at 0 until a request is retried.
+var retryReasons = []string{outcomeDial, outcomeStale, outcomeError, outcomeStatus5x, "other", "unknown"}
 
 // dialRefusalReasons are always exported, at 0 until a dial is refused.
 var dialRefusalReasons = []string{refusedLoop, refusedNetwork}
@@ -182,13 +198,12 @@ func (s *Service) countEvent(ev membership.Event) {
 		st.instances.Delete(ev.ID)
 	}
 	n := uint64(ev.Messages())
-	counterOf(&st.events, ev.Kind).Add(n)
 	if ev.Kind == membership.EventRejected {
 		counterOf(&st.rejected, ev.Reason).Add(n)
+		return
 	}
-	if ev.Kind != membership.EventRejected {
-		s.notePrimary()
-	}
+	counterOf(&st.events, ev.Kind).Add(n)
+	s.notePrimary()
 }
 
 // countRetry counts one retry; reason is how the previous try ended.
@@ -391,10 +406,16 @@ func collectService(ch chan<- prometheus.Metric, s *Service) {
 		ch <- prometheus.MustNewConstMetric(descEvents, prometheus.CounterValue, float64(v.(*atomic.Uint64).Load()), svc, string(k.(membership.EventKind)))
 		return true
 	})
+	for _, reason := range rejectionReasons {
+		counterOf(&st.rejected, reason)
+	}
 	st.rejected.Range(func(k, v any) bool {
 		ch <- prometheus.MustNewConstMetric(descRejected, prometheus.CounterValue, float64(v.(*atomic.Uint64).Load()), svc, k.(string))
 		return true
 	})
+	for _, reason := range retryReasons {
+		counterOf(&st.retries, reason)
+	}
 	st.retries.Range(func(k, v any) bool {
 		ch <- prometheus.MustNewConstMetric(descRetries, prometheus.CounterValue, float64(v.(*atomic.Uint64).Load()), svc, k.(string))
 		return true

@@ -98,9 +98,9 @@ func TestMetricsFollowMembershipRequestsAndReloads(t *testing.T) {
 
 	m = waitMetric(t, metrics, `caddy_cx_instances{service="cx.ha",state="active"}`, 2)
 	expectMetric(t, m, `caddy_cx_membership_events_total{event="join",service="cx.ha"}`, 2)
-	expectMetric(t, m, `caddy_cx_primary{instance="app1",service="cx.ha"}`, 1)
-	expectMetric(t, m, `caddy_cx_primary{instance="app2",service="cx.ha"}`, 0)
-	if age, ok := m[`caddy_cx_heartbeat_age_seconds{instance="app1",service="cx.ha"}`]; !ok || age < 0 || age > 1 {
+	expectMetric(t, m, `caddy_cx_primary{instance_id="app1",service="cx.ha"}`, 1)
+	expectMetric(t, m, `caddy_cx_primary{instance_id="app2",service="cx.ha"}`, 0)
+	if age, ok := m[`caddy_cx_heartbeat_age_seconds{instance_id="app1",service="cx.ha"}`]; !ok || age < 0 || age > 1 {
 		t.Errorf("heartbeat age of app1 = %v (present %v), want 0 to 1s", age, ok)
 	}
 
@@ -117,7 +117,7 @@ func TestMetricsFollowMembershipRequestsAndReloads(t *testing.T) {
 		}
 	}
 	m = scrape(t, metrics)
-	expectMetric(t, m, `caddy_cx_upstream_requests_total{code_class="2xx",instance="app1",service="cx.ha"}`, 3)
+	expectMetric(t, m, `caddy_cx_upstream_requests_total{code_class="2xx",instance_id="app1",service="cx.ha"}`, 3)
 
 	// a 503 of app1 is retried on app2: a retry with its reason; passive
 	// health then passes app1 over, so app2 is primary: a failover.
@@ -127,15 +127,15 @@ func TestMetricsFollowMembershipRequestsAndReloads(t *testing.T) {
 	}
 	m = scrape(t, metrics)
 	expectMetric(t, m, `caddy_cx_retries_total{reason="status_5xx",service="cx.ha"}`, 1)
-	expectMetric(t, m, `caddy_cx_upstream_requests_total{code_class="5xx",instance="app1",service="cx.ha"}`, 1)
-	expectMetric(t, m, `caddy_cx_upstream_requests_total{code_class="2xx",instance="app2",service="cx.ha"}`, 1)
-	expectMetric(t, m, `caddy_cx_primary{instance="app2",service="cx.ha"}`, 1)
-	expectMetric(t, m, `caddy_cx_primary{instance="app1",service="cx.ha"}`, 0)
+	expectMetric(t, m, `caddy_cx_upstream_requests_total{code_class="5xx",instance_id="app1",service="cx.ha"}`, 1)
+	expectMetric(t, m, `caddy_cx_upstream_requests_total{code_class="2xx",instance_id="app2",service="cx.ha"}`, 1)
+	expectMetric(t, m, `caddy_cx_primary{instance_id="app2",service="cx.ha"}`, 1)
+	expectMetric(t, m, `caddy_cx_primary{instance_id="app1",service="cx.ha"}`, 0)
 	expectMetric(t, m, `caddy_cx_failovers_total{service="cx.ha"}`, 1)
 
 	// a malformed heartbeat is rejected and counted by reason.
 	i1.raw(heartbeat.HeartbeatSubject(heartbeat.DefaultPrefix, "bogus"), []byte(`{"proto":1}`))
-	m = waitMetric(t, metrics, `caddy_cx_membership_events_total{event="rejected",service="cx.ha"}`, 1)
+	m = waitMetric(t, metrics, `caddy_cx_heartbeats_rejected_total{reason="id",service="cx.ha"}`, 1)
 	rejected := 0.0
 	for k, v := range m {
 		if strings.HasPrefix(k, "caddy_cx_heartbeats_rejected_total{") {
@@ -151,9 +151,9 @@ func TestMetricsFollowMembershipRequestsAndReloads(t *testing.T) {
 	m = waitMetric(t, metrics, `caddy_cx_instances{service="cx.ha",state="stale"}`, 1)
 	expectMetric(t, m, `caddy_cx_instances{service="cx.ha",state="active"}`, 1)
 	expectMetric(t, m, `caddy_cx_membership_events_total{event="stale",service="cx.ha"}`, 1)
-	m = waitMetric(t, metrics, `caddy_cx_heartbeat_age_seconds{instance="app1",service="cx.ha"}`, -1)
+	m = waitMetric(t, metrics, `caddy_cx_heartbeat_age_seconds{instance_id="app1",service="cx.ha"}`, -1)
 	for k := range m {
-		if strings.Contains(k, `instance="app1"`) {
+		if strings.Contains(k, `instance_id="app1"`) {
 			t.Errorf("series of forgotten app1 still exported: %s", k)
 		}
 	}
@@ -166,7 +166,7 @@ func TestMetricsFollowMembershipRequestsAndReloads(t *testing.T) {
 	m = waitMetric(t, metrics, `caddy_cx_instances{service="cx.ha",state="active"}`, 1)
 	expectMetric(t, m, `caddy_cx_membership_events_total{event="join",service="cx.ha"}`, 2)
 	expectMetric(t, m, `caddy_cx_retries_total{reason="status_5xx",service="cx.ha"}`, 1)
-	expectMetric(t, m, `caddy_cx_upstream_requests_total{code_class="2xx",instance="app2",service="cx.ha"}`, 1)
+	expectMetric(t, m, `caddy_cx_upstream_requests_total{code_class="2xx",instance_id="app2",service="cx.ha"}`, 1)
 	expectMetric(t, m, `caddy_cx_failovers_total{service="cx.ha"}`, 1)
 
 	// app2 leaves: nothing is active any more.
@@ -175,7 +175,7 @@ func TestMetricsFollowMembershipRequestsAndReloads(t *testing.T) {
 	m = waitMetric(t, metrics, `caddy_cx_instances{service="cx.ha",state="left"}`, 1)
 	expectMetric(t, m, `caddy_cx_instances{service="cx.ha",state="active"}`, 0)
 	expectMetric(t, m, `caddy_cx_membership_events_total{event="leave",service="cx.ha"}`, 1)
-	expectMetric(t, m, `caddy_cx_primary{instance="app2",service="cx.ha"}`, 0)
+	expectMetric(t, m, `caddy_cx_primary{instance_id="app2",service="cx.ha"}`, 0)
 }
 
 func TestHeaderInstanceOption(t *testing.T) {
