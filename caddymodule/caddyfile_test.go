@@ -50,6 +50,8 @@ func TestBadCaddyfileOptionsSayWhatIsWrong(t *testing.T) {
 		{"bad confirm_with", "", "reverse_proxy {\n\tdynamic cx {\n\t\tconfirm_with health\n\t}\n}", "must be a path starting with /"},
 		{"bad header_instance", "", "cx_proxy {\n\theader_instance X:Bad\n}", `header_instance: "X:Bad" is not a valid header name`},
 		{"priority out of range", "", "cx_proxy {\n\tpriority app1 5000\n}", "priority app1 5000: use -1000 to 1000"},
+		{"active health check", "", "cx_proxy {\n\thealth_uri /health\n}", "health_uri configures an active health check, which Caddy does not run"},
+		{"active health interval", "", "cx_proxy {\n\thealth_interval 5s\n}", "use the sidecar's --health (caddy-cx announce) or cx_proxy's confirm_with"},
 		{"policy with args", "", "reverse_proxy {\n\tdynamic cx\n\tlb_policy cx_failover now\n}", "cx_failover takes no arguments"},
 	}
 	for _, c := range cases {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -11,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"go.uber.org/zap"
 )
 
 func init() {
@@ -115,10 +117,29 @@ func parseCxProxy(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	if len(rp.Upstreams) > 0 || rp.DynamicUpstreamsRaw != nil {
 		return nil, h.Errf("cx_proxy: upstreams come from NATS; remove `to` and `dynamic`")
 	}
+	warnPolicyOverride(h, rp)
 	if err := applyProxyDefaults(rp, source, policy); err != nil {
 		return nil, err
 	}
 	return rp, nil
+}
+
+// warnPolicyOverride warns when an lb_policy inside cx_proxy replaces the
+// cx policies: the priority tiers (primary and backups), passive health
+// and the never-the-same-instance-twice rule of retries are then gone.
+func warnPolicyOverride(h httpcaddyfile.Helper, rp *reverseproxy.Handler) {
+	if rp.LoadBalancing == nil || rp.LoadBalancing.SelectionPolicyRaw == nil {
+		return
+	}
+	var policy struct {
+		Name string `json:"policy"`
+	}
+	if json.Unmarshal(rp.LoadBalancing.SelectionPolicyRaw, &policy) != nil || strings.HasPrefix(policy.Name, "cx_") {
+		return
+	}
+	caddy.Log().Warn("cx_proxy: lb_policy "+policy.Name+" replaces cx's failover tiers, passive health and retry "+
+		"rules; use `policy failover` or `policy round_robin` unless that is what you want",
+		zap.String("file", h.File()), zap.Int("line", h.Line()))
 }
 
 // cxProxyOption consumes one of cx_proxy's own options, deleting its
@@ -128,6 +149,10 @@ func cxProxyOption(d *caddyfile.Dispenser, source *Upstreams, policy *string) er
 	case slices.Contains(sourceOptions, d.Val()):
 		line := takeLine(d)
 		return source.unmarshalOption(line)
+	case strings.HasPrefix(d.Val(), "health_"):
+		return d.Errf("cx_proxy: %s configures an active health check, which Caddy does not run for upstreams "+
+			"announced on NATS: instances report their own health. Remove it; use the sidecar's --health "+
+			"(caddy-cx announce) or cx_proxy's confirm_with instead", d.Val())
 	case d.Val() == "policy":
 		line := takeLine(d)
 		if err := oneArg(line, policy); err != nil {

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -162,5 +163,26 @@ func TestDemoDrillCommand(t *testing.T) {
 	t.Logf("demo --drill took %v", time.Since(start))
 	if code != 0 || !strings.Contains(out.String(), "No client saw an error.") {
 		t.Errorf("exit %d; output:\n%s", code, out)
+	}
+}
+
+// TestLBPolicyOverrideWarns: an lb_policy inside cx_proxy replaces the
+// failover tiers; the config still loads, with a warning that says so.
+func TestLBPolicyOverrideWarns(t *testing.T) {
+	dir := t.TempDir()
+	for name, policy := range map[string]string{"override": "least_conn", "cx": "cx_round_robin"} {
+		file := filepath.Join(dir, name)
+		site := ":8080 {\n\tcx_proxy {\n\t\tlb_policy " + policy + "\n\t}\n}\n"
+		if err := os.WriteFile(file, []byte(site), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cmd, out := command("adapt", "--config", file, "--adapter", "caddyfile")
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("lb_policy %s: adapt failed: %v\n%s", policy, err, out)
+		}
+		warned := strings.Contains(out.String(), "replaces cx's failover tiers")
+		if warned != (name == "override") {
+			t.Errorf("lb_policy %s: warned %v; output:\n%s", policy, warned, out)
+		}
 	}
 }
