@@ -12,7 +12,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
-	"github.com/caddyserver/xcaddy"
 	"gopkg.in/yaml.v3"
 
 	_ "github.com/caddy-cx/caddy-cx/caddymodule"
@@ -38,30 +37,6 @@ func goMod(t *testing.T) (module, goVersion, caddyVersion string) {
 		t.Fatalf("go.mod: module %q, go %q, caddy %q", module, goVersion, caddyVersion)
 	}
 	return module, goVersion, caddyVersion
-}
-
-// TestXcaddyJSON decodes xcaddy.json into xcaddy's own Builder: the build
-// it describes is this module on the Caddy version go.mod requires.
-func TestXcaddyJSON(t *testing.T) {
-	module, _, caddyVersion := goMod(t)
-	dec := json.NewDecoder(strings.NewReader(read(t, "../xcaddy.json")))
-	dec.DisallowUnknownFields()
-	var b xcaddy.Builder
-	if err := dec.Decode(&b); err != nil {
-		t.Fatalf("xcaddy.json is not an xcaddy Builder: %v", err)
-	}
-	if b.CaddyVersion != caddyVersion {
-		t.Errorf("caddy_version %q, go.mod requires %q", b.CaddyVersion, caddyVersion)
-	}
-	if len(b.Plugins) != 1 || b.Plugins[0].PackagePath != module {
-		t.Errorf("plugins %+v, want the one module %s", b.Plugins, module)
-	}
-	if len(b.Replacements) != 1 || string(b.Replacements[0].Old) != module {
-		t.Fatalf("replacements %+v, want %s replaced by this checkout", b.Replacements, module)
-	}
-	if dir := string(b.Replacements[0].New); !fileExists("../" + dir + "/go.mod") {
-		t.Errorf("replacement %q (relative to the repository) has no go.mod", dir)
-	}
 }
 
 // service is what the test reads of a compose service.
