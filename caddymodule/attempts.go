@@ -16,13 +16,23 @@ const (
 	outcomeStatus5x = "status_5xx"
 )
 
-// recordAttempt notes how one try of req at instance id ended, so that a
-// retry that follows can say why, and counts it for the instance's metrics.
-func (s *Service) recordAttempt(req *http.Request, id string, resp *http.Response, err error) {
-	triedOf(req).lastOutcome = outcomeOf(resp, err)
+// recordAttempt notes in the request's state how its try at instance id
+// ended, so that the policy, if asked for another instance, can judge the
+// try and say why it retries; and counts the try for the instance's
+// metrics.
+func (s *Service) recordAttempt(st *proxyRequest, dial, id string, resp *http.Response, err error) {
+	st.ended(dial, id, outcomeOf(resp, err), statusOf(resp))
 	if id != "" {
 		s.countTry(id, resp, err)
 	}
+}
+
+// statusOf is the status of resp, or 0 without a response.
+func statusOf(resp *http.Response) int {
+	if resp == nil {
+		return 0
+	}
+	return resp.StatusCode
 }
 
 func outcomeOf(resp *http.Response, err error) string {

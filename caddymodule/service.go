@@ -44,6 +44,8 @@ type Service struct {
 	// against (dialguard.go); refusals counts the dials refused.
 	allow    []netip.Prefix
 	refusals *dialRefusals
+	// failback is failback_delay, for deriving the primary (primary.go).
+	failback failbackSetting
 }
 
 type serviceKey struct {

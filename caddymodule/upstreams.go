@@ -11,6 +11,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/caddy-cx/caddy-cx/heartbeat"
 	"github.com/caddy-cx/caddy-cx/membership"
@@ -162,12 +163,13 @@ func (u *Upstreams) Provision(ctx caddy.Context) error {
 		return err
 	}
 	u.service = svc
+	svc.failback.set(time.Duration(u.FailbackDelay))
 	if len(u.AllowNetworks) == 0 && !appIface.(*App).loopbackOnly() {
 		ctx.Logger().Warn("allow_networks is not set: whoever can publish on NATS can point this gateway's traffic at any host; set allow_networks to the instances' networks",
 			zap.String("subject_prefix", cfg.Prefix))
 	}
-	if u.HeaderInstance != "" && !validHeaderName(u.HeaderInstance) {
-		return fmt.Errorf("cx: header_instance %q is not a valid header name (letters, digits and - only, like X-Cx-Instance)", u.HeaderInstance)
+	if u.HeaderInstance != "" && !httpguts.ValidHeaderFieldName(u.HeaderInstance) {
+		return fmt.Errorf("cx: header_instance %q is not a valid header name (a token such as X-Cx-Instance)", u.HeaderInstance)
 	}
 	return registerMetrics(ctx, svc)
 }
@@ -255,19 +257,21 @@ func validPriorityRange(lo, hi int) error {
 }
 
 // GetUpstreams returns the active instances, best priority first, at most
-// MaxCandidates of them. It reads an immutable snapshot: no locks.
+// MaxCandidates of them, and records them as the pool of this try in the
+// request's state (request.go). It reads an immutable snapshot: no locks.
 func (u *Upstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, error) {
 	snap := u.service.warmSnapshot(r.Context())
 	routes, tiers := candidates(snap, atomic.AddUint64(&u.window, 1))
+	now := time.Now()
 	if u.FailbackDelay > 0 {
-		routes, tiers = delayFailback(routes, tiers, time.Now(), time.Duration(u.FailbackDelay))
+		routes, tiers = delayFailback(routes, tiers, now, time.Duration(u.FailbackDelay))
 	}
 	ups := make([]*reverseproxy.Upstream, len(routes))
 	for i := range routes {
 		ups[i] = &reverseproxy.Upstream{Dial: routes[i].Dial}
 	}
-	setCandidates(r, candidateInfo{tiers: tiers, svc: u.service, routes: routes, pool: ups, header: u.HeaderInstance,
-		slowStart: time.Duration(u.SlowStart)})
+	requestOf(r).setPool(candidatePool{svc: u.service, routes: routes, ups: ups, tiers: tiers, now: now,
+		header: u.HeaderInstance, slowStart: time.Duration(u.SlowStart)})
 	return ups, nil
 }
 

@@ -5,6 +5,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/caddy-cx/caddy-cx/heartbeat"
 )
@@ -85,8 +86,8 @@ func (u *Upstreams) unmarshalOption(d *caddyfile.Dispenser) error {
 		if d.NextArg() {
 			return d.Errf("header_instance takes at most one header name, like: header_instance X-Cx-Instance")
 		}
-		if !validHeaderName(u.HeaderInstance) {
-			return d.Errf("header_instance: %q is not a valid header name (letters, digits and - only)", u.HeaderInstance)
+		if !httpguts.ValidHeaderFieldName(u.HeaderInstance) {
+			return d.Errf("header_instance: %q is not a valid header name (a token such as X-Cx-Instance)", u.HeaderInstance)
 		}
 	default:
 		return u.unmarshalBeyond(d, opt)
