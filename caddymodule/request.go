@@ -112,7 +112,10 @@ func (st *proxyRequest) setPool(p candidatePool) {
 		st.latest.Store(&st.first)
 		return
 	}
-	st.latest.Store(&p)
+	// A copy, so that p itself never escapes: the first pool costs nothing.
+	retry := new(candidatePool)
+	*retry = p
+	st.latest.Store(retry)
 }
 
 // pool returns the pool of the latest try, or nil.

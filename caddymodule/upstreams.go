@@ -260,9 +260,14 @@ func validPriorityRange(lo, hi int) error {
 // MaxCandidates of them, and records them as the pool of this try in the
 // request's state (request.go). It reads an immutable snapshot: no locks.
 func (u *Upstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, error) {
-	snap := u.service.warmSnapshot(r.Context())
+	c := u.poolOf(u.service.warmSnapshot(r.Context()), time.Now())
+	requestOf(r).setPool(c)
+	return c.ups, nil
+}
+
+// poolOf makes the pool of one try from snap, as the clock reads now.
+func (u *Upstreams) poolOf(snap *membership.Snapshot, now time.Time) candidatePool {
 	routes, tiers := candidates(snap, atomic.AddUint64(&u.window, 1))
-	now := time.Now()
 	if u.FailbackDelay > 0 {
 		routes, tiers = delayFailback(routes, tiers, now, time.Duration(u.FailbackDelay))
 	}
@@ -270,9 +275,8 @@ func (u *Upstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, err
 	for i := range routes {
 		ups[i] = &reverseproxy.Upstream{Dial: routes[i].Dial}
 	}
-	requestOf(r).setPool(candidatePool{svc: u.service, routes: routes, ups: ups, tiers: tiers, now: now,
-		header: u.HeaderInstance, slowStart: time.Duration(u.SlowStart)})
-	return ups, nil
+	return candidatePool{svc: u.service, routes: routes, ups: ups, tiers: tiers, now: now,
+		header: u.HeaderInstance, slowStart: time.Duration(u.SlowStart)}
 }
 
 // candidates picks at most MaxCandidates routes: whole tiers while they
