@@ -53,6 +53,9 @@ type proxyRequest struct {
 	judged int
 	// body is what the transport saw of the request body.
 	body bodyTries
+	// wait lists the try in flight among those waiting on its instance
+	// (inflight.go); the service's lock guards it.
+	wait waitNode
 }
 
 // try is one try of the request at one upstream.

@@ -61,13 +61,13 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancelCause(req.Context())
-	w := c.svc.inflight.add(id, cancel)
+	c.svc.inflight.add(id, &st.wait, cancel)
 	try := req.WithContext(ctx)
 	if body != nil {
 		try.Body = body
 	}
 	resp, err := t.HTTPTransport.RoundTrip(try)
-	c.svc.inflight.remove(id, w)
+	c.svc.inflight.remove(&st.wait)
 	if err != nil && context.Cause(ctx) == errInstanceStale {
 		err = fmt.Errorf("%s at %s: %w", id, dial, errInstanceStale)
 	}
