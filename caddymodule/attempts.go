@@ -36,16 +36,25 @@ func statusOf(resp *http.Response) int {
 }
 
 func outcomeOf(resp *http.Response, err error) string {
+	if err == nil {
+		if resp.StatusCode >= 500 {
+			return outcomeStatus5x
+		}
+		return outcomeOK
+	}
+	return failureOf(err)
+}
+
+// failureOf is the outcome of a try that failed with err. It is apart
+// from outcomeOf so that a try without error does not pay for errors.As's
+// target, which escapes to the heap.
+func failureOf(err error) string {
 	var dialErr reverseproxy.DialError
 	switch {
 	case errors.Is(err, errInstanceStale):
 		return outcomeStale
 	case errors.As(err, &dialErr):
 		return outcomeDial
-	case err != nil:
-		return outcomeError
-	case resp.StatusCode >= 500:
-		return outcomeStatus5x
 	}
-	return outcomeOK
+	return outcomeError
 }

@@ -162,14 +162,14 @@ func TestPolicyJudgesRecordedOutcomes(t *testing.T) {
 		u := &Upstreams{service: svc}
 		r := proxied("GET")
 		st := requestOf(r)
-		st.setPool(u.poolOf(snap, now))
+		st.setPool(u.poolOf(snap, now, nil))
 		p := &Failover{}
 		first := p.Select(st.pool().ups, r, nil)
 		if first == nil || first.Dial != "127.0.0.1:1000" {
 			t.Fatalf("%s: first pick %v, want the primary", name, first)
 		}
 		st.ended(first.Dial, "i0", tc.outcome, tc.status)
-		st.setPool(u.poolOf(snap, now))
+		st.setPool(u.poolOf(snap, now, nil))
 		second := p.Select(st.pool().ups, r, nil)
 		if second == nil || second.Dial != "127.0.0.1:1001" {
 			t.Fatalf("%s: retry picked %v, want the backup (never the same instance twice)", name, second)
@@ -191,7 +191,7 @@ func TestPolicyJudgesRecordedOutcomes(t *testing.T) {
 func TestRequestWithoutBodyAllocatesOneState(t *testing.T) {
 	snap := routesOf(always, 1, 1)
 	u := &Upstreams{service: &Service{health: &passiveHealth{timeout: time.Minute}}}
-	c := u.poolOf(snap, epoch)
+	c := u.poolOf(snap, epoch, nil)
 	p := &Failover{}
 	r := proxied("GET")
 	vars := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)

@@ -67,7 +67,7 @@ func selected(u *Upstreams, p reverseproxy.Selector, now time.Time, n int) []str
 	var ids []string
 	for range n {
 		r := proxied("GET")
-		c := u.poolOf(u.service.reg.Snapshot(), now)
+		c := u.poolOf(u.service.reg.Snapshot(), now, nil)
 		requestOf(r).setPool(c)
 		if up := p.Select(c.ups, r, nil); up != nil {
 			ids = append(ids, c.routes[slices.Index(c.ups, up)].ID)

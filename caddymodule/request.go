@@ -53,6 +53,10 @@ type proxyRequest struct {
 	judged int
 	// body is what the transport saw of the request body.
 	body bodyTries
+	// smallUps and smallUp hold the first pool's upstreams when it is
+	// small (a primary and a backup), saving two allocations per request.
+	smallUps [2]*reverseproxy.Upstream
+	smallUp  [2]reverseproxy.Upstream
 	// wait lists the try in flight among those waiting on its instance
 	// (inflight.go); the service's lock guards it.
 	wait waitNode
@@ -119,6 +123,25 @@ func (st *proxyRequest) setPool(p candidatePool) {
 	retry := new(candidatePool)
 	*retry = p
 	st.latest.Store(retry)
+}
+
+// upstreamsFor returns fresh upstreams for a pool of routes: for the first
+// pool of a small fleet, those held in st itself. A later pool gets new
+// ones, since the dial of an earlier try may still use the first.
+func (st *proxyRequest) upstreamsFor(routes []membership.Route) []*reverseproxy.Upstream {
+	var ups []*reverseproxy.Upstream
+	if st != nil && st.latest.Load() == nil && len(routes) <= len(st.smallUps) {
+		ups = st.smallUps[:len(routes)]
+		for i := range ups {
+			ups[i] = &st.smallUp[i]
+		}
+		return ups
+	}
+	ups = make([]*reverseproxy.Upstream, len(routes))
+	for i := range ups {
+		ups[i] = new(reverseproxy.Upstream)
+	}
+	return ups
 }
 
 // pool returns the pool of the latest try, or nil.

@@ -260,20 +260,21 @@ func validPriorityRange(lo, hi int) error {
 // MaxCandidates of them, and records them as the pool of this try in the
 // request's state (request.go). It reads an immutable snapshot: no locks.
 func (u *Upstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, error) {
-	c := u.poolOf(u.service.warmSnapshot(r.Context()), time.Now())
-	requestOf(r).setPool(c)
+	st := requestOf(r)
+	c := u.poolOf(u.service.warmSnapshot(r.Context()), time.Now(), st)
+	st.setPool(c)
 	return c.ups, nil
 }
 
-// poolOf makes the pool of one try from snap, as the clock reads now.
-func (u *Upstreams) poolOf(snap *membership.Snapshot, now time.Time) candidatePool {
+// poolOf makes the pool of one try of st from snap, as the clock reads now.
+func (u *Upstreams) poolOf(snap *membership.Snapshot, now time.Time, st *proxyRequest) candidatePool {
 	routes, tiers := candidates(snap, atomic.AddUint64(&u.window, 1))
 	if u.FailbackDelay > 0 {
 		routes, tiers = delayFailback(routes, tiers, now, time.Duration(u.FailbackDelay))
 	}
-	ups := make([]*reverseproxy.Upstream, len(routes))
+	ups := st.upstreamsFor(routes)
 	for i := range routes {
-		ups[i] = &reverseproxy.Upstream{Dial: routes[i].Dial}
+		ups[i].Dial = routes[i].Dial
 	}
 	return candidatePool{svc: u.service, routes: routes, ups: ups, tiers: tiers, now: now,
 		header: u.HeaderInstance, slowStart: time.Duration(u.SlowStart)}
