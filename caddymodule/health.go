@@ -14,7 +14,9 @@ const DefaultFailTimeout = 10 * time.Second
 // way that made the proxy try another one: what nginx counts (connection
 // errors for any method; 502/503/504 and timeouts of idempotent
 // requests). A POST's 503 is not retried, so it is not counted either.
-// Marks are cleared when the instance restarts or returns from stale.
+// The policy marks an instance when asked for another one, from the
+// outcome the transport recorded for the try (proxyRequest.judge). Marks
+// are cleared when the instance restarts or returns from stale.
 type passiveHealth struct {
 	timeout time.Duration
 	marked  atomic.Int64 // number of marks, to skip lookups when none
