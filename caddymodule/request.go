@@ -31,9 +31,11 @@ import (
 // guard look things up in it), so the variable is set once, before the
 // first try dials, and never again. Everything else is written and read on
 // the request's own goroutine (source, policy and transport run there one
-// after the other), except the latest pool, which the dial guard reads,
-// hence its atomic pointer, and the body watch (attemptBody), which Go's
-// transport reads from its own goroutines.
+// after the other), except: the latest pool, which the dial guard reads,
+// hence its atomic pointer; the body watch (attemptBody), which Go's
+// transport reads from its own goroutines, hence its atomic state; and the
+// wait node, which the service's inflight lock guards, since a membership
+// event (an instance turning stale) walks the waiting tries.
 
 // varRequest is the request variable holding the request's *proxyRequest.
 const varRequest = "cx.request"
