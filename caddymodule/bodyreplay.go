@@ -7,8 +7,6 @@ import (
 	"net/http"
 	"reflect"
 	"sync/atomic"
-
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 // A request body may go to another instance only if that instance gets all
@@ -80,23 +78,12 @@ func (b *attemptBody) seal() bool {
 }
 
 // bodyTries is what the cx transport saw of the body of a request's
-// latest try. It is kept apart from triedSet so that requests without a
-// body carry none of it.
+// latest try (part of proxyRequest).
 type bodyTries struct {
 	// body is the body object the latest try sent.
 	body io.ReadCloser
 	// watch, if set, notes whether that try read from body.
 	watch *attemptBody
-}
-
-// bodyTriesOf returns what the cx transport noted of r's body; nil before
-// the first try with a body.
-func bodyTriesOf(r *http.Request) *bodyTries {
-	if r.Body == nil {
-		return nil
-	}
-	bt, _ := caddyhttp.GetVar(r.Context(), varBody).(*bodyTries)
-	return bt
 }
 
 // mayResend reports whether a try may send body, given the body of the
@@ -106,7 +93,7 @@ func bodyTriesOf(r *http.Request) *bodyTries {
 // unwatched buffer reader again (reverse_proxy never does this) counts as
 // read.
 func (t *bodyTries) mayResend(body io.ReadCloser) bool {
-	if t == nil || body == nil || body == http.NoBody || !sameBody(t.body, body) {
+	if t == nil || t.body == nil || body == nil || body == http.NoBody || !sameBody(t.body, body) {
 		return true
 	}
 	return t.watch != nil && t.watch.seal()
@@ -137,28 +124,27 @@ func sameBody(a, b io.ReadCloser) (same bool) {
 // req.Body as it is (none, or a reader over a whole buffer, which a retry
 // gets afresh), or req.Body wrapped to note reads. It fails with
 // errBodySpent, without any dial, if an earlier try read from the same
-// stream.
-func bodyForTry(req *http.Request) (*attemptBody, error) {
+// stream. Only a request with a body needs a state for this: st may be
+// nil, and the returned state is st or the one made for the body.
+func bodyForTry(req *http.Request, st *proxyRequest) (*attemptBody, *proxyRequest, error) {
 	if req.Body == nil || req.Body == http.NoBody {
-		return nil, nil
+		return nil, st, nil
 	}
-	bt := bodyTriesOf(req)
+	if st == nil {
+		st = requestOf(req)
+	}
+	bt := &st.body
 	if !bt.mayResend(req.Body) {
-		triedOf(req).lastOutcome = outcomeBodySpent
-		return nil, errBodySpent
-	}
-	if bt == nil {
-		bt = new(bodyTries)
-		caddyhttp.SetVar(req.Context(), varBody, bt)
+		return nil, st, errBodySpent
 	}
 	bt.body, bt.watch = req.Body, nil
 	// Go's transport sends a known in-memory body with the headers in one
 	// write; wrapped, it would flush the headers first.
 	if inMemory(req.Body) {
-		return nil, nil
+		return nil, st, nil
 	}
 	bt.watch = &attemptBody{ReadCloser: req.Body}
-	return bt.watch, nil
+	return bt.watch, st, nil
 }
 
 // nopCloserWriterTo is the type of io.NopCloser(bytes.NewReader(buf)), the

@@ -117,8 +117,8 @@ func (s *Service) dialPolicy() dialPolicy {
 // http.Transport dials with the request's context, which carries the
 // request's variables.
 func policyFor(ctx context.Context) dialPolicy {
-	if info := candidatesOf(ctx); info != nil && info.svc != nil {
-		return info.svc.dialPolicy()
+	if c := poolIn(ctx); c != nil && c.svc != nil {
+		return c.svc.dialPolicy()
 	}
 	return defaultPolicy()
 }

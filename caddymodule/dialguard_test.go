@@ -313,7 +313,7 @@ func guardedTransport(t *testing.T) *Transport {
 func roundTripFor(tr *Transport, svc *Service, url string) (*http.Response, error) {
 	vars := map[string]any{}
 	if svc != nil {
-		vars[varCandidates] = slotOf(candidateInfo{svc: svc})
+		vars[varRequest] = requestWith(candidatePool{svc: svc})
 	}
 	ctx := context.WithValue(context.Background(), caddyhttp.VarsCtxKey, vars)
 	req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
@@ -383,7 +383,7 @@ func TestConnectedPeerIsChecked(t *testing.T) {
 		var d net.Dialer
 		return d.DialContext(ctx, "tcp", target.l.Addr().String())
 	})
-	ctx := context.WithValue(context.Background(), caddyhttp.VarsCtxKey, map[string]any{varCandidates: slotOf(candidateInfo{svc: svc})})
+	ctx := context.WithValue(context.Background(), caddyhttp.VarsCtxKey, map[string]any{varRequest: requestWith(candidatePool{svc: svc})})
 	conn, err := rebinding(ctx, "tcp", "127.0.0.2:80")
 	if conn != nil || !refusedAs(err, refusedNetwork) {
 		t.Fatalf("%v, want a refused dial", err)
@@ -489,8 +489,8 @@ func TestDialRefusalsAreCountedAndLogRateLimited(t *testing.T) {
 	}
 }
 
-func slotOf(info candidateInfo) *candidatesSlot {
-	slot := &candidatesSlot{first: info}
-	slot.latest.Store(&slot.first)
-	return slot
+func requestWith(c candidatePool) *proxyRequest {
+	st := &proxyRequest{}
+	st.setPool(c)
+	return st
 }

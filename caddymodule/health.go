@@ -14,7 +14,9 @@ const DefaultFailTimeout = 10 * time.Second
 // way that made the proxy try another one: what nginx counts (connection
 // errors for any method; 502/503/504 and timeouts of idempotent
 // requests). A POST's 503 is not retried, so it is not counted either.
-// Marks are cleared when the instance restarts or returns from stale.
+// The policy marks an instance when asked for another one, from the
+// outcome the transport recorded for the try (proxyRequest.judge). Marks
+// are cleared when the instance restarts or returns from stale.
 type passiveHealth struct {
 	timeout atomic.Int64 // fail_timeout (a time.Duration) of the config applied
 	marked  atomic.Int64 // number of marks, to skip lookups when none
@@ -47,4 +49,11 @@ func (h *passiveHealth) clear(dial string) {
 	if _, existed := h.until.LoadAndDelete(dial); existed {
 		h.marked.Add(-1)
 	}
+}
+
+// newPassiveHealth returns passive health with fail_timeout d.
+func newPassiveHealth(d time.Duration) *passiveHealth {
+	h := &passiveHealth{}
+	h.timeout.Store(int64(d))
+	return h
 }

@@ -235,33 +235,6 @@ func (s *Service) countTry(id string, resp *http.Response, err error) {
 	s.stats.instance(id).codes[class].Add(1)
 }
 
-// primaryIDs returns the instances that take new requests now under the
-// failover policy: the active members of the best priority tier that has
-// one not marked failing by passive health; if every one is failing, the
-// best tier (the policy then tries them anyway).
-func (s *Service) primaryIDs(now time.Time) []string {
-	snap := s.reg.Snapshot()
-	for i := range snap.Tiers {
-		var ids []string
-		for _, r := range snap.Tier(i) {
-			if !s.health.failing(r.Dial, now) {
-				ids = append(ids, r.ID)
-			}
-		}
-		if len(ids) > 0 {
-			return ids
-		}
-	}
-	if len(snap.Tiers) > 0 {
-		var ids []string
-		for _, r := range snap.Tier(0) {
-			ids = append(ids, r.ID)
-		}
-		return ids
-	}
-	return nil
-}
-
 // notePrimary counts a failover when the primary moved to instances none
 // of which was primary before. It runs on membership events and scrapes.
 func (s *Service) notePrimary() {

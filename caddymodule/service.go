@@ -72,6 +72,8 @@ type Service struct {
 	// against (dialguard.go); refusals counts the dials refused.
 	allow    atomic.Pointer[[]netip.Prefix]
 	refusals *dialRefusals
+	// failback is failback_delay, for deriving the primary (primary.go).
+	failback failbackSetting
 }
 
 // claim is one config's use of a service.
@@ -134,6 +136,7 @@ func (s *Service) registryConfig(set serviceSettings) membership.Config {
 // configure applies the settings that live outside the registry.
 func (s *Service) configure(set serviceSettings) {
 	s.health.timeout.Store(int64(set.failTimeout))
+	s.failback.set(set.failbackDelay)
 	nets := unmapNetworks(set.membership.AllowNetworks)
 	s.allow.Store(&nets)
 }

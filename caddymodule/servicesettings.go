@@ -18,6 +18,9 @@ type serviceSettings struct {
 	membership  membership.Config
 	failTimeout time.Duration
 	confirmWith string
+	// failbackDelay decides who is primary (primary.go), which the status
+	// page and metrics show per service: one value per prefix.
+	failbackDelay time.Duration
 }
 
 // settingNames are the config options behind membership.Config's fields;
@@ -45,6 +48,9 @@ func (a serviceSettings) differences(b serviceSettings) []string {
 	}
 	if a.failTimeout != b.failTimeout {
 		out = append(out, fmt.Sprintf("fail_timeout %v vs %v", a.failTimeout, b.failTimeout))
+	}
+	if a.failbackDelay != b.failbackDelay {
+		out = append(out, fmt.Sprintf("failback_delay %v vs %v", a.failbackDelay, b.failbackDelay))
 	}
 	if a.confirmWith != b.confirmWith {
 		out = append(out, fmt.Sprintf("confirm_with %q vs %q", a.confirmWith, b.confirmWith))

@@ -54,8 +54,9 @@ func TestServiceSettingsCoverEveryField(t *testing.T) {
 			t.Errorf("membership.Config.%s changed: differences %q, want one naming its option", f.Name, diff)
 		}
 	}
-	if d := base.differences(serviceSettings{membership: base.membership, failTimeout: time.Second, confirmWith: "/h"}); len(d) != 2 {
-		t.Errorf("fail_timeout and confirm_with changed: differences %q", d)
+	if d := base.differences(serviceSettings{membership: base.membership, failTimeout: time.Second, confirmWith: "/h",
+		failbackDelay: time.Second}); len(d) != 3 {
+		t.Errorf("fail_timeout, confirm_with and failback_delay changed: differences %q", d)
 	}
 	probe := base
 	probe.membership.OnEvent = func(membership.Event) {}

@@ -2,7 +2,6 @@ package caddymodule
 
 import (
 	"math/rand/v2"
-	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 )
@@ -17,11 +16,11 @@ type ramp func(i int) float64
 
 // rampOf returns the weights of the pool slice starting at start, or nil
 // when slow start is off or nobody in the pool is ramping up.
-func (c *candidateInfo) rampOf(start int) ramp {
+func (c *candidatePool) rampOf(start int) ramp {
 	if c.slowStart <= 0 || len(c.routes) == 0 {
 		return nil
 	}
-	now := time.Now()
+	now := c.now
 	ramping := false
 	for i := range c.routes {
 		if now.Sub(c.routes[i].ActiveSince) < c.slowStart {

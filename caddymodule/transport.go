@@ -38,33 +38,42 @@ func (Transport) CaddyModule() caddy.ModuleInfo {
 // the selection policy, no instance gets part of a body as if it were all
 // of it.
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	body, err := bodyForTry(req)
-	if err != nil {
-		return nil, err
-	}
-	info := candidatesOf(req.Context())
-	if info == nil || info.svc == nil {
+	body, st, err := bodyForTry(req, requestIn(req.Context()))
+	c := st.pool()
+	if c == nil || c.svc == nil {
+		if err != nil {
+			st.ended(req.URL.Host, "", outcomeBodySpent, 0)
+			return nil, err
+		}
 		if body != nil {
 			req = req.WithContext(req.Context())
 			req.Body = body
 		}
-		return t.HTTPTransport.RoundTrip(req)
+		resp, err := t.HTTPTransport.RoundTrip(req)
+		if st != nil {
+			st.ended(req.URL.Host, "", outcomeOf(resp, err), statusOf(resp))
+		}
+		return resp, err
 	}
-	id, dial := info.instanceFor(req)
+	id, dial := c.instanceOfTry(req)
+	if err != nil {
+		st.ended(dial, id, outcomeBodySpent, 0)
+		return nil, err
+	}
 	ctx, cancel := context.WithCancelCause(req.Context())
-	w := info.svc.inflight.add(id, cancel)
+	c.svc.inflight.add(id, &st.wait, cancel)
 	try := req.WithContext(ctx)
 	if body != nil {
 		try.Body = body
 	}
 	resp, err := t.HTTPTransport.RoundTrip(try)
-	info.svc.inflight.remove(id, w)
+	c.svc.inflight.remove(&st.wait)
 	if err != nil && context.Cause(ctx) == errInstanceStale {
 		err = fmt.Errorf("%s at %s: %w", id, dial, errInstanceStale)
 	}
-	info.svc.recordAttempt(req, id, resp, err)
-	if info.header != "" && resp != nil && id != "" {
-		resp.Header.Set(info.header, id)
+	c.svc.recordAttempt(st, dial, id, resp, err)
+	if c.header != "" && resp != nil && id != "" {
+		resp.Header.Set(c.header, id)
 	}
 	return resp, err
 }
@@ -72,19 +81,6 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 // DefaultInstanceHeader is the response header `header_instance` without
 // a name adds.
 const DefaultInstanceHeader = "X-Cx-Instance"
-
-// validHeaderName reports whether name is usable as a header field name.
-func validHeaderName(name string) bool {
-	if name == "" {
-		return false
-	}
-	for _, c := range name {
-		if !(c == '-' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
-			return false
-		}
-	}
-	return true
-}
 
 // UnmarshalCaddyfile takes the `http` transport's Caddyfile syntax.
 func (t *Transport) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {

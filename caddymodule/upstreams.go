@@ -157,7 +157,8 @@ func (u *Upstreams) Provision(ctx caddy.Context) error {
 	if failTimeout == 0 {
 		failTimeout = DefaultFailTimeout
 	}
-	svc, err := appIface.(*App).Service(serviceSettings{membership: cfg, failTimeout: failTimeout, confirmWith: u.ConfirmWith})
+	svc, err := appIface.(*App).Service(serviceSettings{membership: cfg, failTimeout: failTimeout, confirmWith: u.ConfirmWith,
+		failbackDelay: time.Duration(u.FailbackDelay)})
 	if err != nil {
 		return err
 	}
@@ -204,20 +205,27 @@ func (u *Upstreams) config() (membership.Config, error) {
 }
 
 // GetUpstreams returns the active instances, best priority first, at most
-// MaxCandidates of them. It reads an immutable snapshot: no locks.
+// MaxCandidates of them, and records them as the pool of this try in the
+// request's state (request.go). It reads an immutable snapshot: no locks.
 func (u *Upstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, error) {
-	snap := u.service.warmSnapshot(r.Context())
+	st := requestOf(r)
+	c := u.poolOf(u.service.warmSnapshot(r.Context()), time.Now(), st)
+	st.setPool(c)
+	return c.ups, nil
+}
+
+// poolOf makes the pool of one try of st from snap, as the clock reads now.
+func (u *Upstreams) poolOf(snap *membership.Snapshot, now time.Time, st *proxyRequest) candidatePool {
 	routes, tiers := candidates(snap, atomic.AddUint64(&u.window, 1))
 	if u.FailbackDelay > 0 {
-		routes, tiers = delayFailback(routes, tiers, time.Now(), time.Duration(u.FailbackDelay))
+		routes, tiers = delayFailback(routes, tiers, now, time.Duration(u.FailbackDelay))
 	}
-	ups := make([]*reverseproxy.Upstream, len(routes))
+	ups := st.upstreamsFor(routes)
 	for i := range routes {
-		ups[i] = &reverseproxy.Upstream{Dial: routes[i].Dial}
+		ups[i].Dial = routes[i].Dial
 	}
-	setCandidates(r, candidateInfo{tiers: tiers, svc: u.service, routes: routes, pool: ups, header: u.HeaderInstance,
-		slowStart: time.Duration(u.SlowStart)})
-	return ups, nil
+	return candidatePool{svc: u.service, routes: routes, ups: ups, tiers: tiers, now: now,
+		header: u.HeaderInstance, slowStart: time.Duration(u.SlowStart)}
 }
 
 // candidates picks at most MaxCandidates routes: whole tiers while they

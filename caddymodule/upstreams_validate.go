@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/caddy-cx/caddy-cx/heartbeat"
 )
@@ -40,8 +41,8 @@ func (u *Upstreams) validateNames() error {
 	if u.ConfirmWith != "" && !strings.HasPrefix(u.ConfirmWith, "/") {
 		return fmt.Errorf("confirm_with %q must be a path starting with /, like /health", u.ConfirmWith)
 	}
-	if u.HeaderInstance != "" && !validHeaderName(u.HeaderInstance) {
-		return fmt.Errorf("header_instance: %q is not a valid header name (letters, digits and - only, like %s)", u.HeaderInstance, DefaultInstanceHeader)
+	if u.HeaderInstance != "" && !httpguts.ValidHeaderFieldName(u.HeaderInstance) {
+		return fmt.Errorf("header_instance: %q is not a valid header name (a token, like %s)", u.HeaderInstance, DefaultInstanceHeader)
 	}
 	switch u.Scheme {
 	case "", "http", "https":
