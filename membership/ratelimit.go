@@ -1,6 +1,10 @@
 package membership
 
-import "time"
+import (
+	"time"
+
+	"golang.org/x/time/rate"
+)
 
 // Heartbeat rate limit per instance: a misbehaving publisher must not make
 // the gateway rebuild its snapshot thousands of times a second. A burst of
@@ -18,24 +22,19 @@ const (
 // costs O(1) per message.
 const evictScanEvery = 100 * time.Millisecond
 
-type bucket struct {
-	tokens float64
-	at     time.Time
-}
+// bucket is one rate budget: x/time/rate's token bucket on the
+// registry's clock (the time of the message), whose rate follows the
+// instance's announced interval.
+type bucket struct{ lim *rate.Limiter }
 
-// take spends one token, refilled at perSecond since the last take.
+// take spends one token, refilled at perSecond.
 func (b *bucket) take(now time.Time, perSecond float64) bool {
-	if b.at.IsZero() {
-		b.tokens = RateBurst
-	} else if elapsed := now.Sub(b.at).Seconds(); elapsed > 0 {
-		b.tokens = min(RateBurst, b.tokens+elapsed*perSecond)
+	if b.lim == nil {
+		b.lim = rate.NewLimiter(rate.Limit(perSecond), RateBurst)
+	} else {
+		b.lim.SetLimitAt(now, rate.Limit(perSecond))
 	}
-	b.at = now
-	if b.tokens < 1 {
-		return false
-	}
-	b.tokens--
-	return true
+	return b.lim.AllowN(now, 1)
 }
 
 func ratePerSecond(interval time.Duration) float64 {
