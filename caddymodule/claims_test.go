@@ -20,14 +20,23 @@ import (
 func TestSubjectPrefixPriorityAndStatusOptionsAtRuntime(t *testing.T) {
 	natsURL := startNATS(t)
 	base := gateway(t, natsURL, `http://127.0.0.1:{PORT} {
-	cx_status /status {
-		subject_prefix cx.shop
-		title "Shop gateway"
+	handle /status {
+		cx_status {
+			subject_prefix cx.shop
+			title "Shop gateway"
+		}
 	}
-	cx_proxy {
-		subject_prefix cx.shop
-		priority app2 -1
-		stale_after 10s
+	handle /default/* {
+		cx_proxy {
+			stale_after 10s
+		}
+	}
+	handle {
+		cx_proxy {
+			subject_prefix cx.shop
+			priority app2 -1
+			stale_after 10s
+		}
 	}
 }`)
 	nc := connect(t, natsURL)
@@ -36,8 +45,10 @@ func TestSubjectPrefixPriorityAndStatusOptionsAtRuntime(t *testing.T) {
 		in.prefix = "cx.shop"
 		in.beat(heartbeat.StateReady)
 	}
-	// Announced on the default prefix, with the best priority: not ours.
+	// Announced on the default prefix, with the best priority: routed by
+	// the default prefix's proxy only.
 	newInstance(t, nc, "other", other.url, -100).beat(heartbeat.StateReady)
+	servedBy(t, base+"/default/", "other", 2*time.Second)
 
 	// app2 announced 1, the gateway's `priority app2 -1` makes it primary.
 	servedBy(t, base, "app2", 2*time.Second)
@@ -50,7 +61,7 @@ func TestSubjectPrefixPriorityAndStatusOptionsAtRuntime(t *testing.T) {
 	}
 	rep, _ := fetchReport(t, base+"/status", "application/json")
 	if len(rep.Services) != 1 {
-		t.Fatalf("cx_status with subject_prefix cx.shop lists %d services: %s", len(rep.Services), mustJSON(rep))
+		t.Fatalf("cx_status with subject_prefix cx.shop lists %d services, want it alone: %s", len(rep.Services), mustJSON(rep))
 	}
 	resp, err := client.Get(base + "/status")
 	if err != nil {

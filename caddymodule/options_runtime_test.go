@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -132,21 +133,37 @@ func TestNATSUnreachableAtStartThenRoutes(t *testing.T) {
 	logHas(t, logFile, "connected to NATS")
 }
 
+// switchableAuth is a NATS server's authentication that a test can fix
+// while the server runs (as an operator's config reload would), counting
+// the attempts it refused.
+type switchableAuth struct {
+	token   atomic.Value // string
+	refused atomic.Int32
+}
+
+func (a *switchableAuth) Check(c server.ClientAuthentication) bool {
+	if c.GetOpts().Token == a.token.Load().(string) {
+		return true
+	}
+	a.refused.Add(1)
+	return false
+}
+
 func TestNATSAuthErrorIsRetried(t *testing.T) {
 	logFile := filepath.Join(t.TempDir(), "caddy.log")
-	natsPort := freePort(t)
-	old := natstest.Start(t, &server.Options{Port: natsPort, Authorization: "old-token"})
-	cx := fmt.Sprintf("\t\tnats nats://127.0.0.1:%d\n\t\ttoken new-token", natsPort)
-	base := runGateway(t, logFile, cx, freePort(t), "\tcx_proxy")
+	auth := &switchableAuth{}
+	auth.token.Store("old-token")
+	natsURL := natstest.Start(t, &server.Options{CustomClientAuthentication: auth}).ClientURL()
+	base := runGateway(t, logFile, "\t\tnats "+natsURL+"\n\t\ttoken new-token", freePort(t), "\tcx_proxy")
 	out := logHas(t, logFile, "cannot connect to NATS at start")
 	if !strings.Contains(strings.ToLower(out), "authorization") {
 		t.Fatalf("the start warning does not name the authorization failure:\n%s", out)
 	}
-	// The operator fixes the server: same port, the gateway's token.
-	old.Shutdown()
-	old.WaitForShutdown()
-	natstest.Start(t, &server.Options{Port: natsPort, Authorization: "new-token"})
-	nc, err := nats.Connect(fmt.Sprintf("nats://127.0.0.1:%d", natsPort), nats.Token("new-token"))
+	// nats.go gives up after two authentication errors in a row unless
+	// told not to: wait for more than that before fixing the server.
+	eventually(t, 10*time.Second, func() bool { return auth.refused.Load() >= 3 }, "three refused attempts")
+	auth.token.Store("new-token")
+	nc, err := nats.Connect(natsURL, nats.Token("new-token"))
 	if err != nil {
 		t.Fatal(err)
 	}
