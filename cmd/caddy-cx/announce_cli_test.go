@@ -48,7 +48,6 @@ func buildCaddyCx(t *testing.T, dir string) string {
 // sidecar is a running `caddy-cx announce` process and the heartbeats of
 // its id seen on NATS.
 type sidecar struct {
-	bin  string
 	cmd  *exec.Cmd
 	out  *bytes.Buffer
 	msgs chan *nats.Msg
