@@ -132,10 +132,16 @@ func TestStatusShowsHeldAndServedVersion(t *testing.T) {
 		f.beat(heartbeat.StateDraining)
 	}
 	f.beat(heartbeat.StateReady)
+	// A marker sent after the last heartbeat on the same connection: once
+	// it is listed, the gateway has applied every flappy heartbeat.
+	newInstance(t, nc, "marker", steady.url, 5).beat(heartbeat.StateDraining)
 	svc := serviceStatus(t, base+"/cx", heartbeat.DefaultPrefix, func(s ServiceStatus) bool {
-		in, ok := instanceStatus(s, "flappy")
-		return ok && in.State == "active"
-	}, "flappy active again")
+		_, ok := instanceStatus(s, "marker")
+		return ok
+	}, "the marker listed")
+	if in, _ := instanceStatus(svc, "flappy"); in.State != "active" {
+		t.Fatalf("flappy in the status: %s, want active (and held)", mustJSON(in))
+	}
 	if in, _ := instanceStatus(svc, "flappy"); !in.Held || in.HeldUntil.Before(time.Now().Add(50*time.Second)) || in.Primary {
 		t.Fatalf("flappy in the status: %s, want held for about flap_hold (1m), not primary", mustJSON(in))
 	}
