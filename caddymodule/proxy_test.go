@@ -24,7 +24,9 @@ func TestNewInstanceRoutedWithinMillisecondsOfFirstHeartbeat(t *testing.T) {
 	}
 	app1 := startBackend(t, "app1")
 	newInstance(t, nc, "app1", app1.url, 0).beat(heartbeat.StateReady)
-	took := servedBy(t, base, "app1", time.Second)
+	// "Within milliseconds": at most one coalesced rebuild (RebuildEvery
+	// 50ms) plus a GET; 250ms leaves room for a shared -race machine.
+	took := servedBy(t, base, "app1", 250*time.Millisecond)
 	t.Logf("first heartbeat to first routed request: %v", took)
 }
 
@@ -161,8 +163,8 @@ func TestRoundRobinPolicySpreadsEvenly(t *testing.T) {
 	eventually(t, time.Second, func() bool { return len(serviceOf(t, heartbeat.DefaultPrefix).reg.Snapshot().Routes) == 3 }, "3 routes")
 	counts := countServers(t, base, 600)
 	for _, id := range []string{"r1", "r2", "r3"} {
-		if c := counts[id]; c < 180 || c > 220 {
-			t.Fatalf("%s served %d of 600, want 200 ±10%%: %v", id, c, counts)
+		if c := counts[id]; c != 200 {
+			t.Fatalf("%s served %d of 600; round_robin over three gives exactly 200 each: %v", id, c, counts)
 		}
 	}
 }

@@ -11,7 +11,8 @@ import (
 	"time"
 )
 
-// protocolExample is the example of PROTOCOL.md, verbatim.
+// protocolExample is PROTOCOL.md's example with started_at in whole seconds
+// (protocol_doc_test.go reads the doc's own example).
 const protocolExample = `{"proto":1,"id":"app1","url":"http://10.0.0.11:8080","state":"ready",
      "started_at":"2026-11-25T21:00:00Z","seq":42,"interval_ms":1000,
      "version":"2026.4.1","priority":0,"leader_roles":["email-dispatcher"],

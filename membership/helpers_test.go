@@ -87,6 +87,9 @@ func newReg(t testing.TB, cfg Config) (*Registry, *recorder) {
 	t.Helper()
 	rec := &recorder{}
 	cfg.OnEvent = rec.on
+	if cfg.RebuildEvery == 0 {
+		cfg.RebuildEvery = tablesRebuildEvery
+	}
 	r, err := New(cfg)
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -128,7 +131,7 @@ func mustRouted(t testing.TB, r *Registry, want ...string) {
 	if want == nil {
 		want = []string{}
 	}
-	if got := routedIDs(r.Snapshot()); !slices.Equal(got, want) {
+	if got := routedIDs(settled(t, r)); !slices.Equal(got, want) {
 		t.Fatalf("routed %v, want %v", got, want)
 	}
 }

@@ -109,7 +109,7 @@ func TestStateTransitions(t *testing.T) {
 				} else if !ok || m.State != st.state {
 					t.Fatalf("step %d: state %q (member %v), want %s", i, m.State, ok, st.state)
 				}
-				if routed := slices.Contains(routedIDs(r.Snapshot()), "a"); routed != st.routed {
+				if routed := slices.Contains(routedIDs(settled(t, r)), "a"); routed != st.routed {
 					t.Fatalf("step %d: routed %v, want %v", i, routed, st.routed)
 				}
 			}
@@ -151,7 +151,7 @@ func TestRestart(t *testing.T) {
 				t.Errorf("restart event %+v", ev[0])
 			}
 			mustState(t, r, "a", StateActive)
-			s := r.Snapshot()
+			s := settled(t, r)
 			if len(s.Routes) != 1 || s.Routes[0].Dial != "10.0.0.2:9090" || s.Routes[0].Version != "v2" {
 				t.Fatalf("routes %+v", s.Routes)
 			}
@@ -242,7 +242,7 @@ func TestIDConflict(t *testing.T) {
 			if !m.StartedAt.Equal(p0.Add(time.Hour)) || m.State != StateActive {
 				t.Fatalf("newest process did not win: %+v", m)
 			}
-			s := r.Snapshot()
+			s := settled(t, r)
 			if len(s.Routes) != 1 || s.Routes[0].Dial != "10.0.0.2:2" {
 				t.Fatalf("routes %+v, want the newer process only", s.Routes)
 			}
@@ -538,7 +538,7 @@ func TestPriorityOverride(t *testing.T) {
 	r.Apply(beat("a", 1, withPriority(-10)), at(0))
 	r.Apply(beat("b", 1, withPriority(1)), at(0))
 	r.Apply(beat("c", 1, withPriority(100)), at(0))
-	if got, want := routedIDs(r.Snapshot()), []string{"c", "b", "a"}; !slices.Equal(got, want) {
+	if got, want := routedIDs(settled(t, r)), []string{"c", "b", "a"}; !slices.Equal(got, want) {
 		t.Fatalf("order %v, want %v", got, want)
 	}
 	if got := r.Snapshot().Tiers; !slices.Equal(got, []int{1, 2, 3}) {
@@ -559,7 +559,7 @@ func TestPriorityOverride(t *testing.T) {
 	}
 	// Without override, a priority change reorders.
 	r.Apply(beat("b", 2, withPriority(-50)), at(time.Second))
-	if got, want := routedIDs(r.Snapshot()), []string{"b", "c", "a"}; !slices.Equal(got, want) {
+	if got, want := routedIDs(settled(t, r)), []string{"b", "c", "a"}; !slices.Equal(got, want) {
 		t.Fatalf("order %v, want %v", got, want)
 	}
 }
@@ -617,7 +617,7 @@ func TestAllowNetworks(t *testing.T) {
 				mustRouted(t, r, "a")
 				return
 			}
-			if known || len(r.Snapshot().Routes) != 0 {
+			if known || len(settled(t, r).Routes) != 0 {
 				t.Fatalf("url outside allow_networks admitted")
 			}
 			if len(ev) != 1 || ev[0].Kind != EventRejected || ev[0].Reason != "network" || ev[0].ID != "a" {
@@ -725,7 +725,7 @@ func TestObserve(t *testing.T) {
 	if m.Seq != 42 || m.Version != "2026.4.1" || !slices.Equal(m.LeaderRoles, []string{"email-dispatcher"}) || m.Meta["license"] != "ok" {
 		t.Errorf("member %+v", m)
 	}
-	snap := r.Snapshot()
+	snap := settled(t, r)
 	members := r.Members()
 
 	big := valid("app1", 2)

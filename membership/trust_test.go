@@ -32,7 +32,7 @@ func TestSameProcessCannotMove(t *testing.T) {
 		t.Fatalf("take-over changed the member: %+v", m)
 	}
 	mustRouted(t, r, "a")
-	if got := r.Snapshot().Routes[0].Dial; got != "10.0.0.1:8080" {
+	if got := settled(t, r).Routes[0].Dial; got != "10.0.0.1:8080" {
 		t.Fatalf("routed to %s", got)
 	}
 
@@ -249,8 +249,8 @@ func TestAllowIDs(t *testing.T) {
 			if !tt.ok && (len(ev) != 1 || ev[0].Kind != EventRejected || ev[0].Reason != "id" || ev[0].ID != tt.id) {
 				t.Fatalf("events %+v, want one rejection for id", ev)
 			}
-			if !tt.ok && len(r.Snapshot().Routes) != 0 {
-				t.Fatalf("routed %v", routedIDs(r.Snapshot()))
+			if !tt.ok && len(settled(t, r).Routes) != 0 {
+				t.Fatalf("routed %v", routedIDs(settled(t, r)))
 			}
 		})
 	}
@@ -288,7 +288,7 @@ func TestPriorityRange(t *testing.T) {
 			t.Errorf("%s: priority %d announced %d, want %v", id, m.Priority, m.AnnouncedPriority, w)
 		}
 	}
-	if got := routedIDs(r.Snapshot()); !slices.Equal(got, []string{"boss", "greedy", "good", "shy"}) {
+	if got := routedIDs(settled(t, r)); !slices.Equal(got, []string{"boss", "greedy", "good", "shy"}) {
 		t.Fatalf("routed %v", got)
 	}
 	// Once per process: the next heartbeats say nothing, a restart does.
@@ -404,7 +404,7 @@ func TestTakeOverThroughObserve(t *testing.T) {
 	if m, _ := member(t, r, "a"); m.URL != victim || m.Seq != 10 {
 		t.Fatalf("member %+v", m)
 	}
-	if got := r.Snapshot().Routes[0].Dial; got != "10.0.0.1:8080" {
+	if got := settled(t, r).Routes[0].Dial; got != "10.0.0.1:8080" {
 		t.Fatalf("routed to %s", got)
 	}
 }
