@@ -149,7 +149,7 @@ func TestStatusShowsHeldAndServedVersion(t *testing.T) {
 		t.Fatalf("served_version %q, want 2026.9", svc.ServedVersion)
 	}
 	assertNeverServedBy(t, base, "flappy", 10)
-	waitMetric(t, base+"/metrics", `caddy_cx_served_version{service="cx.ha",version="2026.9"}`, 1)
+	waitMetric(t, base+"/metrics", `caddy_cx_served_version_info{service="cx.ha",version="2026.9"}`, 1)
 
 	// A new version takes over once it has as many active instances.
 	for _, id := range []string{"n1", "n2"} {
@@ -159,8 +159,8 @@ func TestStatusShowsHeldAndServedVersion(t *testing.T) {
 		in.beat(heartbeat.StateReady)
 	}
 	serviceStatus(t, base+"/cx", heartbeat.DefaultPrefix, func(s ServiceStatus) bool { return s.ServedVersion == "2026.10" }, "served_version 2026.10")
-	m := waitMetric(t, base+"/metrics", `caddy_cx_served_version{service="cx.ha",version="2026.10"}`, 1)
-	if _, ok := m[`caddy_cx_served_version{service="cx.ha",version="2026.9"}`]; ok {
+	m := waitMetric(t, base+"/metrics", `caddy_cx_served_version_info{service="cx.ha",version="2026.10"}`, 1)
+	if _, ok := m[`caddy_cx_served_version_info{service="cx.ha",version="2026.9"}`]; ok {
 		t.Fatalf("the old served version is still exported: %v", m)
 	}
 	if id, _ := get(t, "GET", base); id != "n1" && id != "n2" {
@@ -172,7 +172,7 @@ func TestLeaderRoleConflictMetric(t *testing.T) {
 	natsURL := startNATS(t)
 	base := gateway(t, natsURL, "http://127.0.0.1:{PORT} {\n\tmetrics /metrics\n\tcx_proxy {\n\t\tstale_after 10s\n\t}\n}")
 	nc := connect(t, natsURL)
-	const series = `caddy_cx_leader_role_conflict_since_seconds{role="mailer",service="cx.ha"}`
+	const series = `caddy_cx_leader_role_conflict_since_timestamp_seconds{role="mailer",service="cx.ha"}`
 	a := newInstance(t, nc, "a", startBackend(t, "a").url, 0)
 	a.msg.LeaderRoles = []string{"mailer"}
 	a.beat(heartbeat.StateReady)
