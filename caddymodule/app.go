@@ -1,7 +1,3 @@
-// Package caddymodule is the Caddy glue of caddy-cx: the `cx` app (NATS
-// connection, embedded server), the `dynamic cx` upstream source, the
-// cx_failover and cx_round_robin selection policies, and the cx_proxy
-// directive.
 package caddymodule
 
 import (

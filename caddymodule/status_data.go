@@ -10,7 +10,7 @@ import (
 
 // StatusReport is the JSON of `GET /cx/instances` on the admin API and of
 // cx_status to `Accept: application/json`. The names are a contract
-// (DESIGN.md); fields may be added, never renamed.
+// (README, docs/METRICS.md): fields may be added, never renamed.
 type StatusReport struct {
 	Services []ServiceStatus `json:"services"`
 	// GeneratedAt is the gateway's clock when the report was made.

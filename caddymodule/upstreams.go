@@ -190,6 +190,9 @@ func (u *Upstreams) config() (membership.Config, error) {
 		AllowIDs:     u.AllowIDs,
 		ClockSkew:    time.Duration(u.ClockSkew),
 		Scheme:       u.Scheme,
+		// the confirm_with probe is the service's (registryConfig): it
+		// dials through the service's guard.
+		ConsistentVersions: u.Versions == "consistent",
 	}
 	if cfg.Prefix == "" {
 		cfg.Prefix = heartbeat.DefaultPrefix
@@ -200,7 +203,6 @@ func (u *Upstreams) config() (membership.Config, error) {
 	if r := u.PriorityRange; r != nil {
 		cfg.PriorityRange = &membership.PriorityRange{Min: r.Min, Max: r.Max}
 	}
-	u.configureBeyond(&cfg)
 	return cfg, nil
 }
 

@@ -94,7 +94,7 @@ func (u *Upstreams) parseOption(d *caddyfile.Dispenser) error {
 			return d.Errf("header_instance takes at most one header name, like: header_instance X-Cx-Instance")
 		}
 	default:
-		return u.unmarshalBeyond(d, opt)
+		return u.unmarshalRolloutOption(d, opt)
 	}
 	return nil
 }

@@ -1000,3 +1000,12 @@ func TestEventsOutsideLock(t *testing.T) {
 		t.Fatalf("%d events", calls)
 	}
 }
+
+func TestClosedRegistryReportsNothing(t *testing.T) {
+	r, rec := newReg(t, Config{})
+	r.Close()
+	r.Apply(beat("a", 1), at(0))
+	if ev := rec.take(); len(ev) != 0 {
+		t.Fatalf("a closed registry reported %+v", ev)
+	}
+}

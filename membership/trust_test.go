@@ -421,3 +421,16 @@ func TestYear10000ThroughObserve(t *testing.T) {
 		t.Fatal("stored")
 	}
 }
+
+// A leaving is accepted only from the known process: one from a newer
+// started_at may be forged (a single message would evict the instance), so
+// it changes nothing; the known process leaves by itself or turns stale.
+func TestLeavingFromANewerProcessChangesNothing(t *testing.T) {
+	r, rec := newReg(t, Config{})
+	r.Apply(beat("a", 7), at(0))
+	rec.take()
+	r.Apply(beat("a", 1, started(time.Hour), leaving()), at(time.Second))
+	mustState(t, r, "a", StateActive)
+	mustRouted(t, r, "a")
+	mustKinds(t, rec)
+}

@@ -7,10 +7,10 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
 
-// unmarshalBeyond reads the source options for versions, damping, slow
-// start, failback and confirmation (and, through unmarshalTrust, the
-// trust options).
-func (u *Upstreams) unmarshalBeyond(d *caddyfile.Dispenser, opt string) error {
+// unmarshalRolloutOption reads the source options that shape rollouts and
+// failures: versions, damping, slow start, failback and confirmation (and,
+// through unmarshalTrustOption, the trust options).
+func (u *Upstreams) unmarshalRolloutOption(d *caddyfile.Dispenser, opt string) error {
 	switch opt {
 	case "versions":
 		return oneArg(d, &u.Versions)
@@ -29,11 +29,11 @@ func (u *Upstreams) unmarshalBeyond(d *caddyfile.Dispenser, opt string) error {
 	case "confirm_with":
 		return oneArg(d, &u.ConfirmWith)
 	}
-	return u.unmarshalTrust(d, opt)
+	return u.unmarshalTrustOption(d, opt)
 }
 
-// unmarshalTrust reads the source options that decide who may be routed.
-func (u *Upstreams) unmarshalTrust(d *caddyfile.Dispenser, opt string) error {
+// unmarshalTrustOption reads the source options that decide who may be routed.
+func (u *Upstreams) unmarshalTrustOption(d *caddyfile.Dispenser, opt string) error {
 	switch opt {
 	case "allow_ids":
 		globs := d.RemainingArgs()
