@@ -225,7 +225,7 @@ func TestPrimaryMetricDuringFailback(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, l := range out.GetLabel() {
-			if l.GetName() == "instance" {
+			if l.GetName() == "instance_id" {
 				primary[l.GetValue()] = out.GetGauge().GetValue()
 			}
 		}
