@@ -1,23 +1,12 @@
 package caddymodule
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
-	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
@@ -73,9 +62,9 @@ func TestNATSNkey(t *testing.T) {
 	instPub, _ := inst.PublicKey()
 	url := secureNATS(t, &server.Options{Nkeys: []*server.NkeyUser{{Nkey: gwPub}, {Nkey: instPub}}})
 	seed, _ := gw.Seed()
-	seedFile := writeFile(t, "gw.nk", seed)
+	seedFile := natstest.WriteFile(t, "gw.nk", seed)
 	instSeed, _ := inst.Seed()
-	instOpt, err := nats.NkeyOptionFromSeed(writeFile(t, "inst.nk", instSeed))
+	instOpt, err := nats.NkeyOptionFromSeed(natstest.WriteFile(t, "inst.nk", instSeed))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,96 +72,16 @@ func TestNATSNkey(t *testing.T) {
 }
 
 func TestNATSJWTCredentials(t *testing.T) {
-	operator, _ := nkeys.CreateOperator()
-	opPub, _ := operator.PublicKey()
-	opClaims := jwt.NewOperatorClaims(opPub)
-	account, _ := nkeys.CreateAccount()
-	accPub, _ := account.PublicKey()
-	accJWT, err := jwt.NewAccountClaims(accPub).Encode(operator)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resolver := &server.MemAccResolver{}
-	if err := resolver.Store(accPub, accJWT); err != nil {
-		t.Fatal(err)
-	}
-	url := secureNATS(t, &server.Options{TrustedOperators: []*jwt.OperatorClaims{opClaims}, AccountResolver: resolver})
-	creds := func(name string) string {
-		user, _ := nkeys.CreateUser()
-		userPub, _ := user.PublicKey()
-		userJWT, err := jwt.NewUserClaims(userPub).Encode(account)
-		if err != nil {
-			t.Fatal(err)
-		}
-		seed, _ := user.Seed()
-		file, err := jwt.FormatUserConfig(userJWT, seed)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return writeFile(t, name, file)
-	}
-	routedThrough(t, "\t\tnats "+url+"\n\t\tcredentials "+creds("gw.creds"), url, nats.UserCredentials(creds("inst.creds")))
+	op := natstest.NewOperator(t)
+	url := secureNATS(t, op.Options())
+	routedThrough(t, "\t\tnats "+url+"\n\t\tcredentials "+op.Creds(t, "gw.creds"), url, nats.UserCredentials(op.Creds(t, "inst.creds")))
 }
 
 func TestNATSMutualTLSWithPrivateCA(t *testing.T) {
-	pki := newTestPKI(t)
-	tlsConfig, err := server.GenTLSConfig(&server.TLSConfigOpts{
-		CertFile: pki.serverCert, KeyFile: pki.serverKey, CaFile: pki.caFile, Verify: true,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	url := secureNATS(t, &server.Options{TLSConfig: tlsConfig, TLSVerify: true, TLS: true})
-	block := fmt.Sprintf("\t\tnats %s\n\t\ttls {\n\t\t\tca %s\n\t\t\tcert %s %s\n\t\t}", url, pki.caFile, pki.clientCert, pki.clientKey)
-	routedThrough(t, block, url, nats.RootCAs(pki.caFile), nats.ClientCert(pki.clientCert, pki.clientKey))
-}
-
-func writeFile(t *testing.T, name string, data []byte) string {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), name)
-	if err := os.WriteFile(path, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
-type testPKI struct{ caFile, serverCert, serverKey, clientCert, clientKey string }
-
-// newTestPKI makes a private CA with a server certificate for 127.0.0.1
-// and a client certificate.
-func newTestPKI(t *testing.T) testPKI {
-	t.Helper()
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "caddy-cx test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(caDER)
-	issue := func(name string, usage x509.ExtKeyUsage, serial int64) (string, string) {
-		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
-			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
-			IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		keyDER, _ := x509.MarshalECPrivateKey(key)
-		return writeFile(t, name+".pem", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})),
-			writeFile(t, name+"-key.pem", pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}))
-	}
-	p := testPKI{caFile: writeFile(t, "ca.pem", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}))}
-	p.serverCert, p.serverKey = issue("server", x509.ExtKeyUsageServerAuth, 2)
-	p.clientCert, p.clientKey = issue("client", x509.ExtKeyUsageClientAuth, 3)
-	return p
+	pki := natstest.NewPKI(t)
+	url := secureNATS(t, pki.MutualTLS(t))
+	block := fmt.Sprintf("\t\tnats %s\n\t\ttls {\n\t\t\tca %s\n\t\t\tcert %s %s\n\t\t}", url, pki.CA, pki.ClientCert, pki.ClientKey)
+	routedThrough(t, block, url, nats.RootCAs(pki.CA), nats.ClientCert(pki.ClientCert, pki.ClientKey))
 }
 
 // TestLeastPrivilegePermissions runs the documented permission set: the

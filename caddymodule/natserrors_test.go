@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/caddy-cx/caddy-cx/internal/natstest"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 )
@@ -12,13 +13,13 @@ import (
 // connections produce.
 func TestNATSProblemNamesTheCause(t *testing.T) {
 	authURL := secureNATS(t, &server.Options{Username: "gw", Password: "right"})
-	pki := newTestPKI(t)
-	tlsConfig, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: pki.serverCert, KeyFile: pki.serverKey})
+	pki := natstest.NewPKI(t)
+	tlsConfig, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: pki.ServerCert, KeyFile: pki.ServerKey})
 	if err != nil {
 		t.Fatal(err)
 	}
 	tlsURL := secureNATS(t, &server.Options{TLSConfig: tlsConfig, TLS: true})
-	otherCA := newTestPKI(t)
+	otherCA := natstest.NewPKI(t)
 	cases := []struct {
 		name string
 		url  string
@@ -27,7 +28,7 @@ func TestNATSProblemNamesTheCause(t *testing.T) {
 	}{
 		{"wrong password", authURL, []nats.Option{nats.UserInfo("gw", "wrong")}, "authentication failed"},
 		{"no credentials", authURL, nil, "authentication failed"},
-		{"unknown CA", tlsURL, []nats.Option{nats.RootCAs(otherCA.caFile)}, "TLS failed"},
+		{"unknown CA", tlsURL, []nats.Option{nats.RootCAs(otherCA.CA)}, "TLS failed"},
 		{"nothing listening", closedPortURL(t), nil, "unreachable"},
 	}
 	for _, c := range cases {

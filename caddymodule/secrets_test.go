@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nkeys"
 
 	"github.com/caddy-cx/caddy-cx/heartbeat"
+	"github.com/caddy-cx/caddy-cx/internal/natstest"
 )
 
 // loggedGateway loads a gateway whose Caddy log goes to a file, with the
@@ -271,7 +272,7 @@ func TestNkeyPathPlaceholder(t *testing.T) {
 	pub, _ := kp.PublicKey()
 	url := secureNATS(t, &server.Options{Nkeys: []*server.NkeyUser{{Nkey: pub}}})
 	seed, _ := kp.Seed()
-	seedFile := writeFile(t, "gw.nk", seed)
+	seedFile := natstest.WriteFile(t, "gw.nk", seed)
 	t.Setenv("CX_TEST_NKEY_FILE", seedFile)
 	opt, err := nats.NkeyOptionFromSeed(seedFile)
 	if err != nil {

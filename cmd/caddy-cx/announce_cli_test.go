@@ -4,14 +4,6 @@ package main
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -22,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
@@ -122,15 +113,6 @@ func healthy(t *testing.T) *httptest.Server {
 	return h
 }
 
-func writeSecret(t *testing.T, name string, data []byte) string {
-	t.Helper()
-	p := filepath.Join(t.TempDir(), name)
-	if err := os.WriteFile(p, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
 // authCase is a nats-server requiring one kind of authentication, the
 // sidecar's flags for it, the same as CX_* variables, and the subscriber's
 // options.
@@ -151,34 +133,9 @@ func (c authCase) env() []string {
 }
 
 func credentialsCase(t *testing.T) authCase {
-	operator, _ := nkeys.CreateOperator()
-	opPub, _ := operator.PublicKey()
-	account, _ := nkeys.CreateAccount()
-	accPub, _ := account.PublicKey()
-	accJWT, err := jwt.NewAccountClaims(accPub).Encode(operator)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resolver := &server.MemAccResolver{}
-	if err := resolver.Store(accPub, accJWT); err != nil {
-		t.Fatal(err)
-	}
-	creds := func(name string) string {
-		user, _ := nkeys.CreateUser()
-		userPub, _ := user.PublicKey()
-		userJWT, err := jwt.NewUserClaims(userPub).Encode(account)
-		if err != nil {
-			t.Fatal(err)
-		}
-		seed, _ := user.Seed()
-		file, err := jwt.FormatUserConfig(userJWT, seed)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return writeSecret(t, name, file)
-	}
-	s := natstest.Start(t, &server.Options{TrustedOperators: []*jwt.OperatorClaims{jwt.NewOperatorClaims(opPub)}, AccountResolver: resolver})
-	return authCase{"credentials", s.ClientURL(), []string{"--credentials", creds("app1.creds")}, []nats.Option{nats.UserCredentials(creds("sub.creds"))}}
+	op := natstest.NewOperator(t)
+	s := natstest.Start(t, op.Options())
+	return authCase{"credentials", s.ClientURL(), []string{"--credentials", op.Creds(t, "app1.creds")}, []nats.Option{nats.UserCredentials(op.Creds(t, "sub.creds"))}}
 }
 
 func nkeyCase(t *testing.T) authCase {
@@ -188,43 +145,15 @@ func nkeyCase(t *testing.T) authCase {
 	subPub, _ := sub.PublicKey()
 	seed, _ := app.Seed()
 	s := natstest.Start(t, &server.Options{Nkeys: []*server.NkeyUser{{Nkey: appPub}, {Nkey: subPub}}})
-	return authCase{"nkey", s.ClientURL(), []string{"--nkey", writeSecret(t, "app1.nk", seed)}, []nats.Option{nats.Nkey(subPub, sub.Sign)}}
+	return authCase{"nkey", s.ClientURL(), []string{"--nkey", natstest.WriteFile(t, "app1.nk", seed)}, []nats.Option{nats.Nkey(subPub, sub.Sign)}}
 }
 
 // tlsCase is a server requiring client certificates of a private CA.
 func tlsCase(t *testing.T) authCase {
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "announce test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(caDER)
-	issue := func(name string, usage x509.ExtKeyUsage, serial int64) (string, string) {
-		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
-			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
-			IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}}, ca, &key.PublicKey, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		keyDER, _ := x509.MarshalECPrivateKey(key)
-		return writeSecret(t, name+".pem", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})),
-			writeSecret(t, name+"-key.pem", pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}))
-	}
-	caFile := writeSecret(t, "ca.pem", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}))
-	serverCert, serverKey := issue("server", x509.ExtKeyUsageServerAuth, 2)
-	clientCert, clientKey := issue("client", x509.ExtKeyUsageClientAuth, 3)
-	tlsConfig, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: serverCert, KeyFile: serverKey, CaFile: caFile, Verify: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := natstest.Start(t, &server.Options{TLSConfig: tlsConfig, TLSVerify: true, TLS: true})
-	return authCase{"tls", s.ClientURL(), []string{"--tls-ca", caFile, "--tls-cert", clientCert, "--tls-key", clientKey},
-		[]nats.Option{nats.RootCAs(caFile), nats.ClientCert(clientCert, clientKey)}}
+	pki := natstest.NewPKI(t)
+	s := natstest.Start(t, pki.MutualTLS(t))
+	return authCase{"tls", s.ClientURL(), []string{"--tls-ca", pki.CA, "--tls-cert", pki.ClientCert, "--tls-key", pki.ClientKey},
+		[]nats.Option{nats.RootCAs(pki.CA), nats.ClientCert(pki.ClientCert, pki.ClientKey)}}
 }
 
 // TestAnnounceProcess builds caddy-cx once and runs the announce process.
