@@ -105,8 +105,9 @@ type serviceStats struct {
 	instances   sync.Map // instance id -> *instanceStats
 	failovers   atomic.Uint64
 
-	mu          sync.Mutex
-	lastPrimary []string // the last non-empty primary set seen
+	mu             sync.Mutex
+	lastPrimary    []string // the last non-empty primary set seen
+	lastPrimarySet map[string]struct{}
 
 	// roles and versions bound the label values taken from publishers'
 	// strings (leader roles, versions).
@@ -248,21 +249,29 @@ func (s *Service) notePrimary() {
 	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	if len(st.lastPrimary) > 0 && disjoint(ids, st.lastPrimary) {
+	if slices.Equal(ids, st.lastPrimary) {
+		return // the usual case: this runs on every membership event
+	}
+	if len(st.lastPrimary) > 0 && !st.wasPrimary(ids) {
 		st.failovers.Add(1)
 	}
 	st.lastPrimary = ids
+	// a primary tier can hold thousands of instances: a set keeps the
+	// next comparison linear
+	st.lastPrimarySet = make(map[string]struct{}, len(ids))
+	for _, id := range ids {
+		st.lastPrimarySet[id] = struct{}{}
+	}
 }
 
-func disjoint(a, b []string) bool {
-	for _, x := range a {
-		for _, y := range b {
-			if x == y {
-				return false
-			}
+// wasPrimary reports whether any of ids was in the last primary set.
+func (st *serviceStats) wasPrimary(ids []string) bool {
+	for _, id := range ids {
+		if _, ok := st.lastPrimarySet[id]; ok {
+			return true
 		}
 	}
-	return true
+	return false
 }
 
 // metricsCollector exports the metrics of the services of one config. One
