@@ -137,14 +137,12 @@ type dialRefusals struct {
 	// count: reason -> *atomic.Uint64; a service's counts live in its
 	// pooled stats, so that they survive reloads as a metric.
 	count *sync.Map
-
-	mu         sync.Mutex
-	last       map[string]time.Time
-	suppressed map[string]int
+	logs  *logLimiter
+	now   func() time.Time
 }
 
 func newDialRefusals(logger *zap.Logger) *dialRefusals {
-	return &dialRefusals{logger: logger, count: new(sync.Map), last: map[string]time.Time{}, suppressed: map[string]int{}}
+	return &dialRefusals{logger: logger, count: new(sync.Map), logs: oncePer(dialRefusalLogEvery), now: time.Now}
 }
 
 func (r *dialRefusals) add(reason, detail string) {
@@ -152,17 +150,10 @@ func (r *dialRefusals) add(reason, detail string) {
 		return
 	}
 	counterOf(r.count, reason).Add(1)
-	now := time.Now()
-	r.mu.Lock()
-	if now.Sub(r.last[reason]) < dialRefusalLogEvery {
-		r.suppressed[reason]++
-		r.mu.Unlock()
+	suppressed, ok := r.logs.due(reason, r.now())
+	if !ok {
 		return
 	}
-	r.last[reason] = now
-	suppressed := r.suppressed[reason]
-	r.suppressed[reason] = 0
-	r.mu.Unlock()
 	logger := r.logger
 	if logger == nil {
 		logger = caddy.Log().Named("cx")

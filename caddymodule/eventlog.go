@@ -2,7 +2,6 @@ package caddymodule
 
 import (
 	"fmt"
-	"sync"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
@@ -34,22 +33,14 @@ type eventLog struct {
 	logger *zap.Logger
 	now    func() time.Time
 
-	mu         sync.Mutex
-	last       map[string]time.Time // last line of each rejection reason or warning kind
-	suppressed map[string]int       // lines not logged since, by the same key
-	buckets    map[membership.EventKind]*logBucket
-}
-
-// logBucket is the token bucket of one lifecycle kind.
-type logBucket struct {
-	tokens     float64
-	at         time.Time
-	suppressed int
+	// warnings: one line per rejection reason or warning kind every
+	// rejectLogEvery; lifecycle: a burst per kind, then a steady rate.
+	warnings, lifecycle *logLimiter
 }
 
 func newEventLog(logger *zap.Logger) *eventLog {
-	return &eventLog{logger: logger, now: time.Now, last: map[string]time.Time{}, suppressed: map[string]int{},
-		buckets: map[membership.EventKind]*logBucket{}}
+	return &eventLog{logger: logger, now: time.Now,
+		warnings: oncePer(rejectLogEvery), lifecycle: burstThenRate(lifecycleBurst, lifecycleRefill)}
 }
 
 func (l *eventLog) event(ev membership.Event) {
@@ -101,42 +92,13 @@ func (l *eventLog) rejected(ev membership.Event) {
 		zap.Int("similar_rejections_not_logged", n))
 }
 
-// due reports whether a line of key may be logged now (at most one per
-// rejectLogEvery), and how many were not logged since the last one.
-func (l *eventLog) due(key string) (int, bool) {
-	now := l.now()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if last, ok := l.last[key]; ok && now.Sub(last) < rejectLogEvery {
-		l.suppressed[key]++
-		return 0, false
-	}
-	l.last[key] = now
-	n := l.suppressed[key]
-	l.suppressed[key] = 0
-	return n, true
-}
+// due reports whether a warning or rejection line of key may be logged
+// now, and how many were not logged since the last one.
+func (l *eventLog) due(key string) (int, bool) { return l.warnings.due(key, l.now()) }
 
-// lifecycleDue takes a token of kind's bucket.
+// lifecycleDue does the same for a lifecycle event of kind.
 func (l *eventLog) lifecycleDue(kind membership.EventKind) (int, bool) {
-	now := l.now()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	b := l.buckets[kind]
-	if b == nil {
-		b = &logBucket{tokens: lifecycleBurst, at: now}
-		l.buckets[kind] = b
-	}
-	b.tokens = min(lifecycleBurst, b.tokens+now.Sub(b.at).Seconds()*lifecycleRefill)
-	b.at = now
-	if b.tokens < 1 {
-		b.suppressed++
-		return 0, false
-	}
-	b.tokens--
-	n := b.suppressed
-	b.suppressed = 0
-	return n, true
+	return l.lifecycle.due(string(kind), l.now())
 }
 
 // maxLogField bounds a logged id list or detail.

@@ -280,3 +280,28 @@ func memberOf(t testing.TB, id string) membership.Member {
 	t.Fatalf("no member %s", id)
 	return membership.Member{}
 }
+
+// getsInBackground sends GET url, one request after another, until the
+// returned stop is called; seen gets each answer (its body is closed
+// afterwards) or error.
+func getsInBackground(url string, seen func(*http.Response, error)) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			resp, err := client.Get(url)
+			seen(resp, err)
+			if err == nil {
+				resp.Body.Close()
+			}
+		}
+	}()
+	return func() { close(done); wg.Wait() }
+}

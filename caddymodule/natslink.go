@@ -34,8 +34,8 @@ type natsLink struct {
 	everUp  atomic.Bool
 	closing atomic.Bool
 
-	errMu     sync.Mutex
-	errLogged map[string]time.Time // last log of each kind of async error
+	// errLogs bounds how often each kind of asynchronous error is logged.
+	errLogs *logLimiter
 	// reconnects counts the returns of a lost connection (a metric).
 	reconnects atomic.Uint64
 }
@@ -43,7 +43,8 @@ type natsLink struct {
 func acquireLink(key string, urls []string, options func(*natsLink) ([]nats.Option, error), logger *zap.Logger) (*natsLink, error) {
 	val, _, err := linkPool.LoadOrNew(key, func() (caddy.Destructor, error) {
 		logs := newFollowingLogger(logger)
-		return &natsLink{urls: strings.Join(urls, ","), options: options, logger: logs.With(), logs: logs}, nil
+		return &natsLink{urls: strings.Join(urls, ","), options: options, logger: logs.With(), logs: logs,
+			errLogs: oncePer(errorLogEvery)}, nil
 	})
 	if err != nil {
 		return nil, err
@@ -115,19 +116,6 @@ func (l *natsLink) errField(err error) zap.Field {
 // authentication failure on every reconnect attempt, say) is logged.
 const errorLogEvery = 30 * time.Second
 
-func (l *natsLink) errorLogDue(problem string) bool {
-	l.errMu.Lock()
-	defer l.errMu.Unlock()
-	if l.errLogged == nil {
-		l.errLogged = map[string]time.Time{}
-	}
-	if time.Since(l.errLogged[problem]) < errorLogEvery {
-		return false
-	}
-	l.errLogged[problem] = time.Now()
-	return true
-}
-
 // handlers are the connection callbacks, as in nats.go's examples.
 func (l *natsLink) handlers() []nats.Option {
 	return []nats.Option{
@@ -140,7 +128,7 @@ func (l *natsLink) handlers() []nats.Option {
 			}
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
-			if !l.errorLogDue(natsProblem(err)) {
+			if _, ok := l.errLogs.due(natsProblem(err), time.Now()); !ok {
 				return
 			}
 			subject := ""

@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -64,29 +65,16 @@ func TestReloadReconfiguresInPlace(t *testing.T) {
 	// requests go on all through the reload
 	var served, failed atomic.Int64
 	var failures sync.Map
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-done:
-				return
-			default:
-			}
-			resp, err := client.Get(base + "/")
-			if err != nil {
-				continue // Go's server-shutdown race on a reused connection: not a routing error
-			}
-			resp.Body.Close()
-			if resp.StatusCode != 200 {
-				failed.Add(1)
-				failures.Store(resp.StatusCode, true)
-			}
-			served.Add(1)
+	stop := getsInBackground(base+"/", func(resp *http.Response, err error) {
+		if err != nil {
+			return // Go's server-shutdown race on a reused connection: not a routing error
 		}
-	}()
+		if resp.StatusCode != 200 {
+			failed.Add(1)
+			failures.Store(resp.StatusCode, true)
+		}
+		served.Add(1)
+	})
 
 	load(logB, "\t\tstale_after 1s\n\t\tallow_ids app*")
 	if after := serviceOf(t, heartbeat.DefaultPrefix); after != before {
@@ -103,8 +91,7 @@ func TestReloadReconfiguresInPlace(t *testing.T) {
 	}
 	start := served.Load()
 	eventually(t, 5*time.Second, func() bool { return served.Load() > start+20 }, "requests after the reload")
-	close(done)
-	wg.Wait()
+	stop()
 	if n := failed.Load(); n > 0 {
 		var codes []any
 		failures.Range(func(k, _ any) bool { codes = append(codes, k); return true })

@@ -35,33 +35,17 @@ func TestConsistentVersionsRollingDeployUnderLoad(t *testing.T) {
 	var mu sync.Mutex
 	var versions []string
 	var failures atomic.Int64
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			resp, err := client.Get(base)
-			if err != nil || resp.StatusCode != http.StatusOK {
-				failures.Add(1)
-				if resp != nil {
-					resp.Body.Close()
-				}
-				continue
-			}
-			resp.Body.Close()
-			mu.Lock()
-			if v := resp.Header.Get("X-Version"); len(versions) == 0 || versions[len(versions)-1] != v {
-				versions = append(versions, v)
-			}
-			mu.Unlock()
+	stop := getsInBackground(base, func(resp *http.Response, err error) {
+		if err != nil || resp.StatusCode != http.StatusOK {
+			failures.Add(1)
+			return
 		}
-	}()
+		mu.Lock()
+		if v := resp.Header.Get("X-Version"); len(versions) == 0 || versions[len(versions)-1] != v {
+			versions = append(versions, v)
+		}
+		mu.Unlock()
+	})
 	// Roll: each instance leaves and a new one of version 2026.10 takes
 	// its place (new process, new address).
 	for i, id := range ids {
@@ -74,8 +58,7 @@ func TestConsistentVersionsRollingDeployUnderLoad(t *testing.T) {
 		insts[id].beat(heartbeat.StateReady)
 	}
 	time.Sleep(150 * time.Millisecond)
-	close(stop)
-	wg.Wait()
+	stop()
 	mu.Lock()
 	defer mu.Unlock()
 	if failures.Load() != 0 {
