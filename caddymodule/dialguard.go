@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/caddy-cx/caddy-cx/membership"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
@@ -54,17 +55,12 @@ func (p dialPolicy) check(ip netip.Addr, port int) (reason, detail string) {
 	case p.loops.owns(ip, port):
 		return refusedLoop, peer + " is one of the gateway's own listeners"
 	case len(p.allow) > 0:
-		for _, n := range p.allow {
-			if n.Contains(ip) {
-				return "", ""
-			}
+		if membership.InNetworks(p.allow, ip) {
+			return "", ""
 		}
 		return refusedNetwork, peer + " is outside allow_networks"
-	}
-	for _, n := range metadataNetworks {
-		if n.Contains(ip) {
-			return refusedNetwork, peer + " is link-local or a cloud metadata address (set allow_networks to allow it)"
-		}
+	case membership.InNetworks(metadataNetworks, ip):
+		return refusedNetwork, peer + " is link-local or a cloud metadata address (set allow_networks to allow it)"
 	}
 	return "", ""
 }
@@ -309,10 +305,7 @@ func (a *App) listenAddrs() []string {
 func unmapNetworks(nets []netip.Prefix) []netip.Prefix {
 	out := make([]netip.Prefix, 0, len(nets))
 	for _, n := range nets {
-		if a := n.Addr(); a.Is4In6() && n.Bits() >= 96 {
-			n = netip.PrefixFrom(a.Unmap(), n.Bits()-96).Masked()
-		}
-		out = append(out, n)
+		out = append(out, membership.UnmapPrefix(n))
 	}
 	return out
 }

@@ -147,7 +147,7 @@ func (c *Config) setDefaults() error {
 			if !n.IsValid() {
 				return fmt.Errorf("allow_networks: invalid network %v", n)
 			}
-			nets[i] = unmapPrefix(n)
+			nets[i] = UnmapPrefix(n)
 		}
 		c.AllowNetworks = nets
 	}
@@ -197,9 +197,9 @@ func (c *Config) setTrustDefaults() error {
 	return nil
 }
 
-// unmapPrefix turns an IPv4-mapped IPv6 network (::ffff:10.0.0.0/104) into
+// UnmapPrefix turns an IPv4-mapped IPv6 network (::ffff:10.0.0.0/104) into
 // its IPv4 form, since urls' addresses are unmapped before the check.
-func unmapPrefix(n netip.Prefix) netip.Prefix {
+func UnmapPrefix(n netip.Prefix) netip.Prefix {
 	if a := n.Addr(); a.Is4In6() && n.Bits() >= 96 {
 		return netip.PrefixFrom(a.Unmap(), n.Bits()-96).Masked()
 	}
@@ -214,8 +214,14 @@ func (c *Config) allowed(rawURL string) bool {
 	if !ok {
 		return true // a DNS name: checked on the resolved address when dialing
 	}
+	return InNetworks(c.AllowNetworks, ip)
+}
+
+// InNetworks reports whether ip (IPv4-mapped or not) is inside one of
+// nets, which UnmapPrefix has unmapped.
+func InNetworks(nets []netip.Prefix, ip netip.Addr) bool {
 	ip = ip.Unmap()
-	for _, n := range c.AllowNetworks {
+	for _, n := range nets {
 		if n.Contains(ip) {
 			return true
 		}
