@@ -20,6 +20,12 @@ func scrape(t testing.TB, url string) map[string]float64 {
 	t.Helper()
 	resp, err := client.Get(url)
 	if err != nil {
+		// A reload shuts the old server down and with it the kept-alive
+		// connection this GET may have reused: one fresh try.
+		client.CloseIdleConnections()
+		resp, err = client.Get(url)
+	}
+	if err != nil {
 		t.Fatalf("scraping %s: %v", url, err)
 	}
 	defer resp.Body.Close()
