@@ -34,7 +34,12 @@ func (AdminInstances) CaddyModule() caddy.ModuleInfo {
 
 // Routes returns the /cx/instances route.
 func (a AdminInstances) Routes() []caddy.AdminRoute {
-	return []caddy.AdminRoute{{Pattern: "/cx/instances", Handler: caddy.AdminHandlerFunc(a.handleInstances)}}
+	return []caddy.AdminRoute{
+		{Pattern: "/cx/instances", Handler: caddy.AdminHandlerFunc(a.handleInstances)},
+		// POST /cx/instances/<id>/drain|maintenance|ready (control_admin.go)
+		{Pattern: "/cx/instances/", Handler: caddy.AdminHandlerFunc(handleControl)},
+		{Pattern: "/cx/gateways", Handler: caddy.AdminHandlerFunc(handleGateways)},
+	}
 }
 
 // handleInstances reports the services that the loaded config uses. The

@@ -74,6 +74,12 @@ type Service struct {
 	refusals *dialRefusals
 	// failback is failback_delay, for deriving the primary (primary.go).
 	failback failbackSetting
+	// fleet is what the service shares with the other gateways of its
+	// prefix (fleet.go): gateway heartbeats and failure observations.
+	fleet *fleetState
+	// control follows the operators' holds in the control bucket
+	// (control.go).
+	control *controlState
 }
 
 // claim is one config's use of a service.
@@ -225,6 +231,8 @@ func (s *Service) start(nc *nats.Conn) error {
 	}
 	s.watcher = w
 	s.warmUntil.Store(time.Now().Add(WarmUp).UnixNano())
+	s.startFleet(nc)
+	s.startControl(nc)
 	return nil
 }
 
@@ -235,6 +243,8 @@ func (s *Service) Destruct() error {
 	s.watcher = nil
 	s.mu.Unlock()
 	if w != nil {
+		s.stopControl()
+		s.stopFleet()
 		w.Stop()
 	}
 	// Late events (a pending rebuild, a probe, a heartbeat still being

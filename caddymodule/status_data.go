@@ -38,6 +38,9 @@ type ServiceStatus struct {
 	InstanceCount int            `json:"instance_count"`
 	StateCounts   map[string]int `json:"state_counts"`
 	Unlisted      int            `json:"unlisted"`
+	// Gateways are the gateways serving this prefix, this one included
+	// (GatewayStatus.Self), as their heartbeats tell (fleet.go).
+	Gateways []GatewayStatus `json:"gateways"`
 }
 
 // InstanceStatus is one known instance.
@@ -73,6 +76,10 @@ type InstanceStatus struct {
 	// had `rise` heartbeats yet, or it is flapping (until HeldUntil).
 	Held      bool      `json:"held"`
 	HeldUntil time.Time `json:"held_until,omitzero"`
+	// Control is the operators' hold on this id (drain or maintenance),
+	// set through the admin API or the status page for the whole fleet;
+	// absent when none is in force.
+	Control *ControlStatus `json:"control,omitempty"`
 }
 
 // DefaultStatusLimit is how many instances of one service a status report
@@ -152,6 +159,8 @@ func (s *Service) status(now time.Time, limit int) ServiceStatus {
 	if v := s.reg.Snapshot().Version; s.reg.Config().ConsistentVersions {
 		out.ServedVersion = v
 	}
+	out.Gateways = s.gatewayStatus(now)
+	out.Warnings = append(out.Warnings, s.fleetWarnings(now)...)
 	if !out.NATSConnected {
 		out.Warnings = append(out.Warnings, "the gateway is not connected to NATS: routing continues on the last known instances, none turns stale until it reconnects")
 	}
@@ -192,6 +201,7 @@ func (s *Service) instanceStatus(m membership.Member, now time.Time, primary map
 	if m.Held && m.HeldUntil.After(now) {
 		in.HeldUntil = jsonSafeTime(m.HeldUntil)
 	}
+	in.Control = controlStatus(m)
 	if in.LeaderRoles == nil {
 		in.LeaderRoles = []string{}
 	}

@@ -72,6 +72,10 @@ type Config struct {
 	// (10,000 instances answering a discover), while a small fleet's
 	// rebuilds (microseconds) stay practically immediate.
 	RebuildEvery time.Duration
+	// AwaitControls keeps the snapshot empty until SetControls is first
+	// called, so that a gateway starting up never routes to an instance
+	// an operator put into maintenance before it knew.
+	AwaitControls bool
 	// Deny, if set, may refuse an instance url: a non-empty answer is the
 	// reason (e.g. it points at the gateway's own listener, a loop).
 	Deny func(url string) string

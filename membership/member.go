@@ -50,6 +50,8 @@ type Member struct {
 	HeldUntil time.Time
 	// ActiveSince is when the member was last put into routing.
 	ActiveSince time.Time
+	// Control is the operators' entry for this id, if any (control.go).
+	Control Control
 }
 
 // less orders members by priority, then started_at, then id.
@@ -75,4 +77,4 @@ func stateOf(s heartbeat.State) State {
 }
 
 // routable reports whether requests may be sent to m.
-func (m *Member) routable() bool { return m.State == StateActive && !m.Held }
+func (m *Member) routable() bool { return m.State == StateActive && !m.Held && !m.Control.Holds(m) }

@@ -43,6 +43,10 @@ type Registry struct {
 	pendingTimer    *time.Timer
 	// closed: the registry was abandoned (Close); it reports nothing more.
 	closed atomic.Bool
+	// controls are the operators' holds by instance id (control.go);
+	// controlsLoaded is set once they were first read (AwaitControls).
+	controls       map[string]Control
+	controlsLoaded bool
 }
 
 // entry is a member plus what the registry needs to judge later messages.
@@ -226,6 +230,7 @@ func (r *Registry) admit(m *heartbeat.Message, now time.Time) bool {
 		return false
 	}
 	e := &entry{}
+	e.Control = r.controls[m.ID]
 	r.fill(e, m, now)
 	r.members[m.ID] = e
 	r.queue(Event{Kind: EventJoin, ID: m.ID, URL: m.URL})
@@ -392,6 +397,11 @@ func (r *Registry) rebuildNow() {
 	r.generation++
 	r.lastRebuild = time.Now()
 	defer func() { r.lastRebuildCost = time.Since(r.lastRebuild) }()
+	if r.cfg.AwaitControls && !r.controlsLoaded {
+		// routing waits until the operators' holds are known
+		r.snapshot.Store(&Snapshot{Generation: r.generation})
+		return
+	}
 	sorted := r.sorted()
 	var version *string
 	if r.cfg.ConsistentVersions {

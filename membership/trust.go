@@ -23,12 +23,8 @@ func (c *Config) refuse(m *heartbeat.Message, now time.Time) (reason, detail str
 	if !c.allowedID(m.ID) {
 		return "id", "id " + m.ID + " matches none of allow_ids"
 	}
-	if y := m.StartedAt.UTC().Year(); y < minStartYear || y > maxStartYear {
-		return "clock", fmt.Sprintf("started_at is in the year %d in UTC; allowed are %d to %d", y, minStartYear, maxStartYear)
-	}
-	if ahead := m.StartedAt.Sub(now); ahead > c.ClockSkew {
-		return "clock", fmt.Sprintf("started_at is %v ahead of the gateway's clock, more than clock_skew %v: fix the instance's clock (NTP) or raise clock_skew",
-			ahead.Round(time.Millisecond), c.ClockSkew)
+	if reason, detail := refuseClock(m.StartedAt, now, c.ClockSkew); reason != "" {
+		return reason, detail
 	}
 	if why := c.wrongScheme(m.URL); why != "" {
 		return "scheme", why
@@ -40,6 +36,19 @@ func (c *Config) refuse(m *heartbeat.Message, now time.Time) (reason, detail str
 		if why := c.Deny(m.URL); why != "" {
 			return "loop", why
 		}
+	}
+	return "", ""
+}
+
+// refuseClock refuses a started_at outside the years allowed or beyond
+// skew ahead of now.
+func refuseClock(started, now time.Time, skew time.Duration) (reason, detail string) {
+	if y := started.UTC().Year(); y < minStartYear || y > maxStartYear {
+		return "clock", fmt.Sprintf("started_at is in the year %d in UTC; allowed are %d to %d", y, minStartYear, maxStartYear)
+	}
+	if ahead := started.Sub(now); ahead > skew {
+		return "clock", fmt.Sprintf("started_at is %v ahead of the gateway's clock, more than clock_skew %v: fix the sender's clock (NTP) or raise clock_skew",
+			ahead.Round(time.Millisecond), skew)
 	}
 	return "", ""
 }

@@ -1,0 +1,163 @@
+package membership
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// ControlState is what an operator set for an instance, fleet-wide.
+type ControlState string
+
+// The control states. ControlReady (or no control at all) leaves routing
+// to the instance's heartbeats.
+const (
+	ControlReady ControlState = "ready"
+	// ControlDrain takes no new requests to the process that was running
+	// when it was set; requests in flight finish. A restarted instance (a
+	// new started_at) is routed again: a rolling deploy drains, replaces,
+	// and moves on.
+	ControlDrain ControlState = "drain"
+	// ControlMaintenance keeps the instance id out of routing, across its
+	// restarts, until it is set ready.
+	ControlMaintenance ControlState = "maintenance"
+)
+
+// Limits of a control entry, which anyone allowed to write the control
+// bucket can write: it is decoded as hostile input.
+const (
+	MaxControlSize  = 1024
+	MaxControlByLen = 128
+)
+
+// Control is one instance's control entry: the value of its key in the
+// fleet's control bucket.
+type Control struct {
+	State ControlState `json:"state"`
+	// Process is the started_at of the process a drain applies to; zero
+	// for maintenance and ready.
+	Process time.Time `json:"instance_started_at,omitzero"`
+	// By says who set it (the admin API, or the status page's user) and
+	// Gateway through which gateway; At is when, on that gateway's clock.
+	By      string    `json:"by"`
+	Gateway string    `json:"gateway"`
+	At      time.Time `json:"at"`
+}
+
+// Holds reports whether c keeps the member out of routing.
+func (c Control) Holds(m *Member) bool {
+	switch c.State {
+	case ControlMaintenance:
+		return true
+	case ControlDrain:
+		return c.Process.IsZero() || c.Process.Equal(m.StartedAt)
+	}
+	return false
+}
+
+// Encode returns the entry's JSON.
+func (c Control) Encode() []byte {
+	b, _ := json.Marshal(c)
+	return b
+}
+
+// ParseControl decodes a control entry strictly: bounded, known fields
+// only, a known state.
+func ParseControl(data []byte) (Control, error) {
+	var c Control
+	if len(data) > MaxControlSize {
+		return c, fmt.Errorf("control entry of %d bytes, more than %d", len(data), MaxControlSize)
+	}
+	if !utf8.Valid(data) {
+		return c, fmt.Errorf("control entry is not valid UTF-8")
+	}
+	dec := json.NewDecoder(strings.NewReader(string(data)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return Control{}, fmt.Errorf("control entry: %v", err)
+	}
+	switch c.State {
+	case ControlReady, ControlDrain, ControlMaintenance:
+	default:
+		return Control{}, fmt.Errorf("control entry: state %q is not ready, drain or maintenance", truncate(string(c.State), 32))
+	}
+	if utf8.RuneCountInString(c.By) > MaxControlByLen || utf8.RuneCountInString(c.Gateway) > MaxControlByLen {
+		return Control{}, fmt.Errorf("control entry: by or gateway longer than %d characters", MaxControlByLen)
+	}
+	return c, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+// SetControl records id's control entry (ControlReady or the zero Control
+// clears it) and rebuilds routing at once if that changes it.
+func (r *Registry) SetControl(id string, c Control) {
+	r.mu.Lock()
+	if r.controls == nil {
+		r.controls = make(map[string]Control)
+	}
+	if c.State == "" || c.State == ControlReady {
+		delete(r.controls, id)
+	} else {
+		r.controls[id] = c
+	}
+	if e := r.members[id]; e != nil {
+		e.Control = r.controls[id]
+	}
+	r.rebuildNow()
+	events := r.takeEvents()
+	r.mu.Unlock()
+	r.report(events)
+}
+
+// SetControls replaces every control entry (the bucket as first read) and
+// releases routing when Config.AwaitControls held it back.
+func (r *Registry) SetControls(all map[string]Control) {
+	r.mu.Lock()
+	r.controls = make(map[string]Control, len(all))
+	for id, c := range all {
+		if c.State != "" && c.State != ControlReady {
+			r.controls[id] = c
+		}
+	}
+	for id, e := range r.members {
+		e.Control = r.controls[id]
+	}
+	r.controlsLoaded = true
+	r.rebuildNow()
+	events := r.takeEvents()
+	r.mu.Unlock()
+	r.report(events)
+}
+
+// Controls returns a copy of the control entries in force.
+func (r *Registry) Controls() map[string]Control {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make(map[string]Control, len(r.controls))
+	for id, c := range r.controls {
+		out[id] = c
+	}
+	return out
+}
+
+// Member returns a copy of the member id, if known.
+func (r *Registry) Member(id string) (Member, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.members[id]
+	if e == nil {
+		return Member{}, false
+	}
+	m := e.Member
+	m.LeaderRoles = append([]string(nil), e.LeaderRoles...)
+	m.Meta = nil
+	return m, true
+}

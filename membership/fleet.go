@@ -1,0 +1,363 @@
+package membership
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddy-cx/caddy-cx/heartbeat"
+)
+
+// Fleet is what one gateway knows of the gateways sharing a subject
+// prefix with it (itself included): their heartbeats on PREFIX.gw.ID, by
+// the rules instances' heartbeats follow (size, strict decoding, clock,
+// seq, rate, staleness after StaleFactor intervals), and whether an
+// observation on PREFIX.obs.ID comes from one of them.
+type Fleet struct {
+	cfg FleetConfig
+
+	mu       sync.Mutex
+	gateways map[string]*gatewayEntry
+	// stray budgets observations of gateways not announced, for their
+	// rejection events only.
+	splitSince time.Time
+	closed     bool
+}
+
+// FleetConfig configures a Fleet.
+type FleetConfig struct {
+	// Prefix is the subject prefix of the service.
+	Prefix string
+	// Self is this gateway's id: its own observations are already applied.
+	Self string
+	// ClockSkew is how far ahead a started_at may be. Default 1m.
+	ClockSkew time.Duration
+	// MaxGateways bounds the gateways kept. Default DefaultMaxGateways.
+	MaxGateways int
+	// OnEvent, if set, is told of changes and refusals, outside the lock.
+	OnEvent func(FleetEvent)
+}
+
+// DefaultMaxGateways bounds a fleet: more gateways than this on one
+// prefix is a flood, not a fleet.
+const DefaultMaxGateways = 64
+
+// Observation rate per gateway: a gateway coalesces its failures into at
+// most one message every 100 ms.
+const (
+	ObservationBurst = 20
+	ObservationRate  = 20.0
+)
+
+// SplitViewAfter is how long gateways may disagree on the primary before
+// the disagreement is reported as a split view.
+const SplitViewAfter = 2 * time.Second
+
+// FleetEventKind names a change in the fleet or a refused message.
+type FleetEventKind string
+
+// Kinds of fleet events.
+const (
+	FleetJoin     FleetEventKind = "join"
+	FleetLeave    FleetEventKind = "leave"
+	FleetRestart  FleetEventKind = "restart"
+	FleetRejected FleetEventKind = "rejected" // a gateway heartbeat was refused; Reason says why
+	FleetConflict FleetEventKind = "conflict" // two live processes claim one gateway id
+	// FleetIgnored: an observation was refused (Reason: invalid field,
+	// "unannounced", "rate").
+	FleetIgnored FleetEventKind = "ignored"
+)
+
+// FleetEvent is one change or refusal.
+type FleetEvent struct {
+	Kind    FleetEventKind
+	Gateway string
+	// Reason is a small fixed set of values, safe as a metric label.
+	Reason string
+	Detail string
+}
+
+// Gateway is what the fleet knows of one gateway. State is "active",
+// "stale" or "left".
+type Gateway struct {
+	heartbeat.GatewayMessage
+	Self         bool
+	GatewayState string
+	LastSeen     time.Time
+	Since        time.Time
+	StaleAfter   time.Duration
+}
+
+type gatewayEntry struct {
+	Gateway
+	rate, observations bucket
+}
+
+// ErrUnannounced is returned for an observation from a publisher that is
+// not a live, announced gateway process.
+var ErrUnannounced = errors.New("observation from a gateway that is not announced")
+
+// errRate is returned for an observation beyond its gateway's budget.
+var errRate = errors.New("observations beyond the gateway's rate")
+
+// NewFleet returns an empty fleet.
+func NewFleet(cfg FleetConfig) *Fleet {
+	if cfg.ClockSkew <= 0 {
+		cfg.ClockSkew = DefaultClockSkew
+	}
+	if cfg.MaxGateways <= 0 {
+		cfg.MaxGateways = DefaultMaxGateways
+	}
+	return &Fleet{cfg: cfg, gateways: make(map[string]*gatewayEntry)}
+}
+
+// Prefix is the fleet's subject prefix.
+func (f *Fleet) Prefix() string { return f.cfg.Prefix }
+
+// ObserveGateway decodes a gateway heartbeat received on subject and
+// applies it; the message is returned when it was accepted.
+func (f *Fleet) ObserveGateway(subject string, data []byte, now time.Time) (*heartbeat.GatewayMessage, error) {
+	m, err := heartbeat.DecodeGateway(f.cfg.Prefix, subject, data)
+	if err != nil {
+		id, _ := heartbeat.GatewayIDFromSubject(f.cfg.Prefix, subject)
+		f.emit(FleetEvent{Kind: FleetRejected, Gateway: id, Reason: reasonOf(err), Detail: err.Error()})
+		return nil, err
+	}
+	f.mu.Lock()
+	ev, accepted := f.apply(m, now)
+	f.updateSplit(now)
+	f.mu.Unlock()
+	if ev.Kind != "" {
+		f.emit(ev)
+	}
+	if !accepted {
+		return nil, errors.New(ev.Detail)
+	}
+	return m, nil
+}
+
+func reasonOf(err error) string {
+	if e, ok := err.(*heartbeat.Error); ok {
+		return e.Field
+	}
+	return "invalid"
+}
+
+// apply records m; the lock is held.
+func (f *Fleet) apply(m *heartbeat.GatewayMessage, now time.Time) (FleetEvent, bool) {
+	if reason, detail := refuseClock(m.StartedAt, now, f.cfg.ClockSkew); reason != "" {
+		return FleetEvent{Kind: FleetRejected, Gateway: m.ID, Reason: reason, Detail: detail}, false
+	}
+	e := f.gateways[m.ID]
+	if e == nil {
+		if m.State == heartbeat.GatewayStateLeaving {
+			return FleetEvent{}, false
+		}
+		if len(f.gateways) >= f.cfg.MaxGateways && !f.evict(now) {
+			return FleetEvent{Kind: FleetRejected, Gateway: m.ID, Reason: "capacity",
+				Detail: "the fleet already holds the most gateways it keeps"}, false
+		}
+		e = &gatewayEntry{}
+		f.gateways[m.ID] = e
+		f.fill(e, m, now)
+		return FleetEvent{Kind: FleetJoin, Gateway: m.ID}, true
+	}
+	switch {
+	case m.StartedAt.After(e.StartedAt):
+		f.fill(e, m, now)
+		return FleetEvent{Kind: FleetRestart, Gateway: m.ID}, true
+	case m.StartedAt.Before(e.StartedAt):
+		return FleetEvent{Kind: FleetConflict, Gateway: m.ID,
+			Detail: "two gateway processes claim id " + m.ID + "; give each gateway its own gateway_id"}, false
+	case m.Seq <= e.Seq:
+		return FleetEvent{}, false
+	case !plausibleSeq(e.Seq, m.Seq, now.Sub(e.LastSeen)):
+		return FleetEvent{Kind: FleetConflict, Gateway: m.ID, Detail: "implausible seq jump for gateway " + m.ID}, false
+	case !e.rate.take(now, ratePerSecond(m.Interval())):
+		return FleetEvent{Kind: FleetRejected, Gateway: m.ID, Reason: "rate", Detail: "gateway heartbeats beyond the rate"}, false
+	}
+	was := e.GatewayState
+	f.fill(e, m, now)
+	if e.GatewayState == StateLeftName && was != StateLeftName {
+		return FleetEvent{Kind: FleetLeave, Gateway: m.ID}, true
+	}
+	return FleetEvent{}, true
+}
+
+// StateLeftName and the other gateway states as reported.
+const (
+	StateActiveName = "active"
+	StateStaleName  = "stale"
+	StateLeftName   = "left"
+)
+
+func (f *Fleet) fill(e *gatewayEntry, m *heartbeat.GatewayMessage, now time.Time) {
+	state := StateActiveName
+	if m.State == heartbeat.GatewayStateLeaving {
+		state = StateLeftName
+	}
+	if state != e.GatewayState || !m.StartedAt.Equal(e.StartedAt) {
+		e.Since = now
+	}
+	e.GatewayMessage = *m
+	e.GatewayMessage.Primary = slices.Clone(m.Primary)
+	e.GatewayState = state
+	e.Self = m.ID == f.cfg.Self
+	e.LastSeen = now
+	e.StaleAfter = StaleFactor * m.Interval()
+}
+
+// evict drops the gateway silent longest, if it is stale or left.
+func (f *Fleet) evict(now time.Time) bool {
+	var victim *gatewayEntry
+	for _, e := range f.gateways {
+		if e.live(now) {
+			continue
+		}
+		if victim == nil || e.LastSeen.Before(victim.LastSeen) {
+			victim = e
+		}
+	}
+	if victim == nil {
+		return false
+	}
+	delete(f.gateways, victim.ID)
+	return true
+}
+
+func (e *gatewayEntry) live(now time.Time) bool {
+	return e.GatewayState == StateActiveName && now.Sub(e.LastSeen) <= e.StaleAfter
+}
+
+// Gateways returns every known gateway, ordered by id, with its state as
+// of now.
+func (f *Fleet) Gateways(now time.Time) []Gateway {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]Gateway, 0, len(f.gateways))
+	for _, e := range f.gateways {
+		g := e.Gateway
+		g.Primary = slices.Clone(e.Primary)
+		if g.GatewayState == StateActiveName && !e.live(now) {
+			g.GatewayState = StateStaleName
+			g.Since = e.LastSeen.Add(e.StaleAfter)
+		}
+		out = append(out, g)
+	}
+	slices.SortFunc(out, func(a, b Gateway) int { return strings.Compare(a.ID, b.ID) })
+	return out
+}
+
+// ObserveFailures decodes an observation received on subject and returns
+// it if it comes from a live, announced gateway other than this one, and
+// within that gateway's budget. An observation of this gateway's own
+// returns nil and no error.
+func (f *Fleet) ObserveFailures(subject string, data []byte, now time.Time) (*heartbeat.Observation, error) {
+	o, err := heartbeat.DecodeObservation(f.cfg.Prefix, subject, data)
+	if err != nil {
+		id, _ := heartbeat.ObservationIDFromSubject(f.cfg.Prefix, subject)
+		f.emit(FleetEvent{Kind: FleetIgnored, Gateway: id, Reason: reasonOf(err), Detail: err.Error()})
+		return nil, err
+	}
+	if o.Gateway == f.cfg.Self {
+		return nil, nil
+	}
+	f.mu.Lock()
+	err = f.admitObservation(o, now)
+	f.mu.Unlock()
+	if err != nil {
+		reason := "unannounced"
+		if err == errRate {
+			reason = "rate"
+		}
+		f.emit(FleetEvent{Kind: FleetIgnored, Gateway: o.Gateway, Reason: reason, Detail: err.Error()})
+		return nil, err
+	}
+	return o, nil
+}
+
+func (f *Fleet) admitObservation(o *heartbeat.Observation, now time.Time) error {
+	e := f.gateways[o.Gateway]
+	if e == nil || !e.live(now) || !e.StartedAt.Equal(o.StartedAt) {
+		return ErrUnannounced
+	}
+	if e.observations.lim == nil {
+		e.observations.take(now, ObservationRate)
+		return nil
+	}
+	if !e.observations.take(now, ObservationRate) {
+		return errRate
+	}
+	return nil
+}
+
+// Split reports since when the live gateways name different primaries,
+// if they do now.
+func (f *Fleet) Split(now time.Time) (since time.Time, split bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.updateSplit(now)
+	return f.splitSince, !f.splitSince.IsZero()
+}
+
+// updateSplit tracks disagreement; the lock is held.
+func (f *Fleet) updateSplit(now time.Time) {
+	first, agree, n := "", true, 0
+	for _, e := range f.gateways {
+		if !e.live(now) {
+			continue
+		}
+		key := strings.Join(sortedCopy(e.Primary), ",")
+		if n == 0 {
+			first = key
+		} else if key != first {
+			agree = false
+		}
+		n++
+	}
+	switch {
+	case agree:
+		f.splitSince = time.Time{}
+	case f.splitSince.IsZero():
+		f.splitSince = now
+	}
+}
+
+func sortedCopy(ids []string) []string {
+	out := slices.Clone(ids)
+	slices.Sort(out)
+	return out
+}
+
+// Versions returns the distinct versions the live gateways run, sorted.
+func (f *Fleet) Versions(now time.Time) []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []string
+	for _, e := range f.gateways {
+		if e.live(now) && !slices.Contains(out, e.Version) {
+			out = append(out, e.Version)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Close stops reporting events.
+func (f *Fleet) Close() {
+	f.mu.Lock()
+	f.closed = true
+	f.mu.Unlock()
+}
+
+func (f *Fleet) emit(ev FleetEvent) {
+	f.mu.Lock()
+	closed := f.closed
+	f.mu.Unlock()
+	if f.cfg.OnEvent != nil && !closed {
+		ev.Gateway = sanitizeID(ev.Gateway)
+		f.cfg.OnEvent(ev)
+	}
+}
