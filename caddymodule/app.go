@@ -56,6 +56,13 @@ type App struct {
 	// error naming it; write a literal brace as \{ or \}.
 	heartbeat.Auth
 
+	// GatewayID names this gateway to the other gateways of its fleet:
+	// its heartbeats go out on PREFIX.gw.<gateway_id>, its shared failures
+	// on PREFIX.obs.<gateway_id>, and control entries it writes say it.
+	// 1 to 64 characters of A-Z a-z 0-9 _ -, unique per gateway in a
+	// fleet. Default: the host name (other characters replaced by -).
+	GatewayID string `json:"gateway_id,omitempty"`
+
 	// auth is the above with placeholders resolved; see secrets.go.
 	auth natsAuth
 
@@ -87,6 +94,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	if err := a.validate(); err != nil {
+		return err
+	}
+	if err := a.setGatewayID(); err != nil {
 		return err
 	}
 	urls := a.auth.URLs

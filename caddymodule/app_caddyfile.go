@@ -25,6 +25,7 @@ func init() {
 //			ca <file>
 //			cert <file> <key file>
 //		}
+//		gateway_id <id>
 //	}
 //
 // Secrets take placeholders resolved when the config loads, so that the
@@ -77,8 +78,10 @@ func (a *App) unmarshalOption(d *caddyfile.Dispenser) error {
 		a.User, a.Password = args[0], args[1]
 	case "tls":
 		return a.unmarshalTLS(d)
+	case "gateway_id":
+		return oneArg(d, &a.GatewayID)
 	default:
-		return d.Errf("unknown cx option %q; allowed: nats, embedded_nats, credentials, token, user, nkey, tls", opt)
+		return d.Errf("unknown cx option %q; allowed: nats, embedded_nats, credentials, token, user, nkey, tls, gateway_id", opt)
 	}
 	return nil
 }
