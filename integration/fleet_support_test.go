@@ -330,12 +330,42 @@ func (ls fleetLoads) Stop() []results {
 	return out
 }
 
-// waitServed waits until each load had n responses from id since `since`.
-func (ls fleetLoads) waitServed(t testing.TB, timeout time.Duration, id string, n int, since time.Time) {
+// waitServed waits until each load (that of gws[i]) had n responses from
+// id since `since`; on a timeout it says what each gateway served and
+// shows of the instances.
+func (ls fleetLoads) waitServed(t testing.TB, gws []*fleetGateway, timeout time.Duration, id string, n int, since time.Time) {
 	t.Helper()
-	for _, l := range ls {
-		l.waitServed(t, timeout, id, n, since)
+	if poll(timeout, func() bool {
+		for _, l := range ls {
+			if l.Results().Since(since).ByInstance()[id] < n {
+				return false
+			}
+		}
+		return true
+	}) {
+		return
 	}
+	var b strings.Builder
+	for i, l := range ls {
+		fmt.Fprintf(&b, "%s: since then %s\n", gws[i].ID, l.Results().Since(since).Summary())
+		var doc struct {
+			Services []struct {
+				Primary   []string          `json:"primary"`
+				Instances []json.RawMessage `json:"instances"`
+			} `json:"services"`
+		}
+		if err := getJSON("http://"+gws[i].AdminAddr+"/cx/instances", &doc); err != nil {
+			fmt.Fprintf(&b, "  /cx/instances: %v\n", err)
+			continue
+		}
+		for _, s := range doc.Services {
+			fmt.Fprintf(&b, "  primary %v\n", s.Primary)
+			for _, in := range s.Instances {
+				fmt.Fprintf(&b, "  %s\n", truncate(string(in), 600))
+			}
+		}
+	}
+	t.Fatalf("timed out after %v waiting for %d responses from %s through every gateway:\n%s", timeout, n, id, b.String())
 }
 
 // lastStartServedBy is the start of the last request served by process

@@ -149,10 +149,10 @@ func TestFleetDrain(t *testing.T) {
 	f := startFleetCore(t, fleetOptions{})
 	gws := f.gws
 	loads := startFleetLoads(t, gws, "/", fleetLoadEvery)
-	loads.waitServed(t, 5*time.Second, "app1", 20, time.Time{})
+	loads.waitServed(t, gws, 5*time.Second, "app1", 20, time.Time{})
 	slowClient := &http.Client{Timeout: 30 * time.Second}
 
-	var drainLag, readyLag, slowTook durations
+	var drainLag, readyLag, slowTook, drainFirst, readyFirst durations
 	for r := range reps {
 		via, slowVia, readyVia := gws[r%3], gws[(r+1)%3], gws[(r+2)%3]
 		before := backendCount(f.app1, "/slow")
@@ -161,7 +161,7 @@ func TestFleetDrain(t *testing.T) {
 		waitFor(t, 5*time.Second, "the slow request to reach app1", func() bool { return backendCount(f.app1, "/slow") > before })
 
 		ans, drained := via.mustControl(t, "app1", "drain")
-		loads.waitServed(t, 5*time.Second, "app2", 20, drained)
+		loads.waitServed(t, gws, 5*time.Second, "app2", 20, drained)
 		slow := <-slowDone
 		slowTook = append(slowTook, slow.Latency)
 		if !slow.OK() || slow.Instance != "app1" {
@@ -175,6 +175,7 @@ func TestFleetDrain(t *testing.T) {
 				lag = -time.Second
 			}
 			drainLag = append(drainLag, lag)
+			drainFirst = append(drainFirst, firstServed(rs.Since(drained.Add(-time.Second)), "app2").Start.Sub(drained))
 			if late := rs.Since(drained.Add(fleetBudget)).ByInstance()["app1"]; late > 0 {
 				t.Errorf("rep %d: %s started %d requests on app1 more than %v after the drain call through %s returned (the last %s after)",
 					r+1, gws[i].ID, late, fleetBudget, via.ID, ms(lag))
@@ -196,11 +197,12 @@ func TestFleetDrain(t *testing.T) {
 		}
 
 		_, ready := readyVia.mustControl(t, "app1", "ready")
-		loads.waitServed(t, 5*time.Second, "app1", 20, ready)
+		loads.waitServed(t, gws, 5*time.Second, "app1", 20, ready)
 		for i, l := range loads {
 			rs := l.Results()
 			last := rs.lastStartServedByID("app2", drained)
 			readyLag = append(readyLag, last.Sub(ready))
+			readyFirst = append(readyFirst, firstServed(rs.Since(ready.Add(-time.Second)), "app1").Start.Sub(ready))
 			if late := rs.Since(ready.Add(fleetBudget)).ByInstance()["app2"]; late > 0 {
 				t.Errorf("rep %d: %s started %d requests on app2 more than %v after the ready call through %s returned: app1 was not back",
 					r+1, gws[i].ID, late, fleetBudget, readyVia.ID)
@@ -208,8 +210,10 @@ func TestFleetDrain(t *testing.T) {
 		}
 	}
 	checkNoErrors(t, gws, loads.Stop())
-	t.Logf("drain call returned -> last new request any gateway started on app1: %s (negative: before the call returned)", drainLag)
-	t.Logf("ready call returned -> last new request any gateway started on app2: %s", readyLag)
+	t.Logf("drain call returned -> last new request a gateway started on app1: %s (negative: before the call returned); -> first on app2: %s",
+		drainLag, drainFirst)
+	t.Logf("ready call returned -> last new request a gateway started on app2: %s; -> first on app1: %s", readyLag, readyFirst)
+	t.Logf("(each gateway's load starts a request every %v: the switch lies between the last and the first)", fleetLoadEvery)
 	t.Logf("slow requests (1500ms) in flight on app1 across its drain: took %s", slowTook)
 }
 
@@ -224,10 +228,10 @@ func TestFleetMaintenanceSurvivesRestarts(t *testing.T) {
 	f := startFleetCore(t, fleetOptions{})
 	gws := f.gws
 	loads := startFleetLoads(t, gws, "/", fleetLoadEvery)
-	loads.waitServed(t, 5*time.Second, "app1", 20, time.Time{})
+	loads.waitServed(t, gws, 5*time.Second, "app1", 20, time.Time{})
 
 	_, maint := gws[1].mustControl(t, "app1", "maintenance")
-	loads.waitServed(t, 5*time.Second, "app2", 20, maint)
+	loads.waitServed(t, gws, 5*time.Second, "app2", 20, maint)
 
 	// app1 restarts: a new started_at, which ends a drain but not a
 	// maintenance.
@@ -263,7 +267,7 @@ func TestFleetMaintenanceSurvivesRestarts(t *testing.T) {
 		up = append(up, time.Since(began))
 	}
 	loads = startFleetLoads(t, gws, "/", fleetLoadEvery)
-	loads.waitServed(t, 10*time.Second, "app2", 50, time.Time{})
+	loads.waitServed(t, gws, 10*time.Second, "app2", 50, time.Time{})
 	for _, g := range gws {
 		waitFor(t, 5*time.Second, g.ID+" to show app1's maintenance after its restart", func() bool {
 			in, err := g.instance("app1")
@@ -274,7 +278,7 @@ func TestFleetMaintenanceSurvivesRestarts(t *testing.T) {
 	time.Sleep(time.Second)
 
 	_, ready := gws[2].mustControl(t, "app1", "ready")
-	loads.waitServed(t, 5*time.Second, "app1", 20, ready)
+	loads.waitServed(t, gws, 5*time.Second, "app1", 20, ready)
 	after = loads.Stop()
 	var readyLag durations
 	for i, rs := range after {
@@ -315,9 +319,9 @@ func TestFleetSharedFailure(t *testing.T) {
 	gws := f.gws
 	applied0 := observationsApplied(t, gws)
 	loads := startFleetLoads(t, gws, "/", fleetLoadEvery)
-	loads.waitServed(t, 5*time.Second, "app1", 20, time.Time{})
+	loads.waitServed(t, gws, 5*time.Second, "app1", 20, time.Time{})
 
-	var outLag, backAfter durations
+	var outLag, backAfter, obsFirst durations
 	for r := range reps {
 		f.app1.failFor(t, time.Second, http.StatusBadGateway, header)
 		var rec failedRecord
@@ -327,7 +331,7 @@ func TestFleetSharedFailure(t *testing.T) {
 			return err == nil && rec.Count > 0
 		})
 		first := rec.First
-		loads.waitServed(t, 5*time.Second, "app2", 20, first)
+		loads.waitServed(t, gws, 5*time.Second, "app2", 20, first)
 		waitFor(t, failTimeout+5*time.Second, "app1 to serve every gateway again", func() bool {
 			for _, l := range loads {
 				if l.Results().Since(first.Add(failTimeout / 2)).ByInstance()["app1"] < 10 {
@@ -350,6 +354,9 @@ func TestFleetSharedFailure(t *testing.T) {
 				t.Errorf("rep %d: %s started a request on app1 %s after gw1's first failure; want none later than %v",
 					r+1, gws[i].ID, ms(last.Sub(first)), fleetBudget)
 			}
+			if i > 0 {
+				obsFirst = append(obsFirst, firstServed(rs, "app2").Start.Sub(first))
+			}
 			back := firstServed(rs.Since(first.Add(failTimeout/2)), "app1").Start
 			backAfter = append(backAfter, back.Sub(first))
 			if back.Before(first.Add(failTimeout - fleetBudget)) {
@@ -364,7 +371,8 @@ func TestFleetSharedFailure(t *testing.T) {
 	}
 	checkNoErrors(t, gws, loads.Stop())
 	applied := observationsApplied(t, gws)
-	t.Logf("gw1's first failure -> last new request a gateway started on app1: %s (gw1 included)", outLag)
+	t.Logf("gw1's first failure -> last new request a gateway started on app1: %s (gw1 included); -> first request gw2 and gw3 (which saw no failure) sent to app2: %s",
+		outLag, obsFirst)
 	t.Logf("gw1's first failure -> first request a gateway sends app1 again: %s (fail_timeout %v)", backAfter, failTimeout)
 	t.Logf("observations applied (caddy_cx_observations_applied_total): before %v, after %v", applied0, applied)
 	for i := 1; i < len(gws); i++ {
@@ -407,8 +415,11 @@ func TestFleetGatewayKilled(t *testing.T) {
 			t.Fatal(err)
 		}
 		staleAfter := time.Duration(doc.gateway(fleetPrefix, victim.ID).StaleAfterSeconds * float64(time.Second))
+		// A gateway restarted by the previous round routes to app1 once it
+		// has heard it (until then, to whom it heard first).
+		waitAllRouteTo(t, others, 5*time.Second, "app1")
 		loads := startFleetLoads(t, others, "/", fleetLoadEvery)
-		loads.waitServed(t, 5*time.Second, "app1", 20, time.Time{})
+		loads.waitServed(t, others, 5*time.Second, "app1", 20, time.Time{})
 		killAt := time.Now()
 		victim.Kill()
 		for _, g := range others {
@@ -473,7 +484,7 @@ func TestFleetNATSNodeDown(t *testing.T) {
 		}
 	}
 	loads := startFleetLoads(t, gws, "/", fleetLoadEvery)
-	loads.waitServed(t, 5*time.Second, "app1", 20, time.Time{})
+	loads.waitServed(t, gws, 5*time.Second, "app1", 20, time.Time{})
 
 	killAt := time.Now()
 	f.nodes[victim].Kill()
@@ -496,7 +507,9 @@ func TestFleetNATSNodeDown(t *testing.T) {
 		t.Fatalf("no drain through gw1 succeeded within 20s of the NATS node's death; %d attempts, last: %v", len(attempts), attempts[len(attempts)-1:])
 	}
 	t.Logf("NATS node killed -> first successful drain returned %s later, after %d failed attempts %q", ms(drained.Sub(killAt)), len(attempts), attempts[:min(len(attempts), 3)])
-	loads.waitServed(t, 5*time.Second, "app2", 20, drained)
+	drainSeen := holdApplied(t, gws, "app1", true, drained, 30*time.Second)
+	t.Logf("drain returned -> each gateway shows app1 held (/cx/instances, polled): %v", drainSeen)
+	loads.waitServed(t, gws, 5*time.Second, "app2", 20, drained)
 	var drainLag, readyLag, obsLag durations
 	for i, l := range loads {
 		rs := l.Results()
@@ -506,7 +519,9 @@ func TestFleetNATSNodeDown(t *testing.T) {
 		}
 	}
 	_, ready := gws[0].mustControl(t, "app1", "ready")
-	loads.waitServed(t, 5*time.Second, "app1", 20, ready)
+	readySeen := holdApplied(t, gws, "app1", false, ready, 30*time.Second)
+	t.Logf("ready returned -> each gateway shows app1 no longer held: %v", readySeen)
+	loads.waitServed(t, gws, 5*time.Second, "app1", 20, ready)
 	for i, l := range loads {
 		rs := l.Results()
 		readyLag = append(readyLag, rs.lastStartServedByID("app2", drained).Sub(ready))
@@ -523,7 +538,7 @@ func TestFleetNATSNodeDown(t *testing.T) {
 		rec, err = f.app1.failed()
 		return err == nil && rec.Count > 0
 	})
-	loads.waitServed(t, 5*time.Second, "app2", 20, rec.First)
+	loads.waitServed(t, gws, 5*time.Second, "app2", 20, rec.First)
 	for i, l := range loads {
 		rs := l.Results()
 		last := rs.Before(rec.First.Add(time.Second)).lastStartServedByID("app1", ready)
@@ -535,6 +550,36 @@ func TestFleetNATSNodeDown(t *testing.T) {
 	checkNoErrors(t, gws, loads.Stop())
 	t.Logf("with a NATS node down: drain returned -> last request on app1: %s; ready returned -> last request on app2: %s; gw1's first failure -> last request on app1: %s",
 		drainLag, readyLag, obsLag)
+}
+
+// holdApplied polls every gateway's /cx/instances until each shows id
+// held by a control entry (hold) or not (!hold), and returns how long
+// after `since` each one did; a gateway that did not within timeout fails
+// the test, after all were waited for.
+func holdApplied(t testing.TB, gws []*fleetGateway, id string, hold bool, since time.Time, timeout time.Duration) []string {
+	t.Helper()
+	out := make([]string, len(gws))
+	var wg sync.WaitGroup
+	for i, g := range gws {
+		wg.Go(func() {
+			if poll(timeout, func() bool {
+				in, err := g.instance(id)
+				held := err == nil && in != nil && in.Control != nil && in.Control.Holds
+				return err == nil && held == hold
+			}) {
+				out[i] = g.ID + " " + ms(time.Since(since))
+			} else {
+				out[i] = g.ID + " never"
+			}
+		})
+	}
+	wg.Wait()
+	for _, o := range out {
+		if strings.HasSuffix(o, " never") {
+			t.Errorf("%s did not show %s's hold as %v within %v: %v", strings.TrimSuffix(o, " never"), id, hold, timeout, out)
+		}
+	}
+	return out
 }
 
 // TestFleetChurnSoak churns instances for 60s (CX_FLEET_SOAK=10s for a
@@ -673,7 +718,7 @@ func TestFleetHostileInput(t *testing.T) {
 	}
 
 	loads := startFleetLoads(t, gws, "/", fleetLoadEvery)
-	loads.waitServed(t, 5*time.Second, "app1", 20, time.Time{})
+	loads.waitServed(t, gws, 5*time.Second, "app1", 20, time.Time{})
 	type base struct {
 		rt      runtimeStats
 		rss     uint64
@@ -750,10 +795,14 @@ func TestFleetHostileInput(t *testing.T) {
 	})
 
 	nc := connectAttacker(t, f.nodes[0].URL)
-	sent := map[string]int{} // by subject kind: gw, obs
+	sent := map[string]int{}      // by subject kind: gw, obs
+	sentToGw2 := map[string]int{} // ... of which on gw2's own subjects
 	pub := func(kind, subject string, data []byte) {
 		if err := nc.Publish(subject, data); err == nil {
 			sent[kind]++
+			if strings.HasSuffix(subject, ".gw2") {
+				sentToGw2[kind]++
+			}
 		}
 	}
 	attackStart := time.Now()
@@ -812,18 +861,27 @@ func TestFleetHostileInput(t *testing.T) {
 	attackTook := time.Since(attackStart)
 	t.Logf("attack sent in %s: %d on %s.gw.*, %d on %s.obs.*", ms(attackTook), sent["gw"], fleetPrefix, sent["obs"], fleetPrefix)
 
-	// Every message counted (each gateway gets all of them).
+	// Every message counted (each gateway gets all of them). gw2 may
+	// take those on its own subjects for its own, uncounted.
 	for i, g := range gws {
 		var got map[string]float64
 		counted := func(kind string) float64 {
 			return got[kind+"/rejected"] + got[kind+"/ignored"] - bases[i].msgs[kind+"/rejected"] - bases[i].msgs[kind+"/ignored"]
 		}
+		wantGw, wantObs := sent["gw"], sent["obs"]
+		if g.ID == "gw2" {
+			wantGw, wantObs = wantGw-sentToGw2["gw"], wantObs-sentToGw2["obs"]
+		}
 		if !poll(10*time.Second, func() bool {
 			got = readMsgs(g)
-			return counted("heartbeat") >= float64(sent["gw"]) && counted("observation") >= float64(sent["obs"])
+			return counted("heartbeat") >= float64(wantGw) && counted("observation") >= float64(wantObs)
 		}) {
 			t.Errorf("%s counted %.0f heartbeats and %.0f observations rejected or ignored; %d and %d were sent (by kind/result now: %s)",
-				g.ID, counted("heartbeat"), counted("observation"), sent["gw"], sent["obs"], formatCounts(got))
+				g.ID, counted("heartbeat"), counted("observation"), wantGw, wantObs, formatCounts(got))
+		}
+		if g.ID == "gw2" {
+			t.Logf("gw2 counted %.0f of the %d heartbeats and %.0f of the %d observations on its own subjects as rejected or ignored",
+				counted("heartbeat")-float64(wantGw), sentToGw2["gw"], counted("observation")-float64(wantObs), sentToGw2["obs"])
 		}
 		t.Logf("%s fleet messages after the attack: %s", g.ID, formatCounts(got))
 		if n := got["applied"] - bases[i].msgs["applied"]; n != 0 {
