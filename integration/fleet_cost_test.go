@@ -22,6 +22,9 @@ import (
 //   - one gateway alone,
 //   - three gateways with share_failures on (the default),
 //   - three gateways with share_failures off,
+//   - the last two again with round-robin over every instance under 100
+//     GETs/s per gateway, the fakes pointing at a closed port: failures
+//     (and observations) as fast as they come,
 //
 // each for CX_FLEET_COST_WINDOW (default 30s) after a settling period, the
 // gateways being the plain build (the race detector multiplies CPU). Per
@@ -47,8 +50,15 @@ func TestFleetCost(t *testing.T) {
 	urls := clusterURLs(nodes)
 	app1 := startBackend(t, "app1", strings.Join(urls, ","), 0, "--interval", "1s")
 	app2 := startBackend(t, "app2", strings.Join(urls, ","), 1, "--interval", "1s")
-	stopFleet := publishFleet(t, nodes[1].URL, instances, app2.URL)
+	// The fakes point at a port nobody listens on: never tried under
+	// failover (priority 10), each a failure under round_robin.
+	dead := freePort(t)
+	if waitAccepting(fmt.Sprintf("127.0.0.1:%d", dead), 0) {
+		t.Fatalf("port %d accepts connections", dead)
+	}
+	stopFleet := publishFleet(t, nodes[1].URL, instances, fmt.Sprintf("http://127.0.0.1:%d", dead))
 	defer stopFleet()
+	_ = app2
 
 	counter := countSubjects(t, nodes[2].URL)
 	type row struct {
@@ -58,18 +68,27 @@ func TestFleetCost(t *testing.T) {
 		varzPerSec float64
 	}
 	var rows []row
+	// The last two: round-robin over all 1,002 under 100 GETs/s per
+	// gateway, so that requests keep trying dead fakes (fail_timeout 2s):
+	// the most failures, hence observations, there can be.
+	const failing = "\npolicy round_robin\nfail_timeout 2s"
 	for _, cfg := range []struct {
 		name  string
 		n     int
-		share string
+		extra string
+		load  bool
 	}{
-		{"1 gateway", 1, "on"},
-		{"3 gateways, share_failures on", 3, "on"},
-		{"3 gateways, share_failures off", 3, "off"},
+		{"1 gateway, idle", 1, "share_failures on", false},
+		{"3 gateways, idle, share_failures on", 3, "share_failures on", false},
+		{"3 gateways, idle, share_failures off", 3, "share_failures off", false},
+		{"3 gateways, failures under load, share_failures on", 3, "share_failures on" + failing, true},
+		{"3 gateways, failures under load, share_failures off", 3, "share_failures off" + failing, true},
 	} {
 		gws := startFleet(t, nodes, cfg.n, fleetOptions{bin: bins.caddyPlain,
-			proxyExtra: "max_instances 2000\nshare_failures " + cfg.share})
-		waitAllRouteTo(t, gws, 10*time.Second, "app1")
+			proxyExtra: "max_instances 2000\n" + cfg.extra})
+		if !cfg.load {
+			waitAllRouteTo(t, gws, 10*time.Second, "app1")
+		}
 		waitFor(t, 20*time.Second, "every gateway to know the 1,000 instances", func() bool {
 			for _, g := range gws {
 				var doc struct {
@@ -88,11 +107,18 @@ func TestFleetCost(t *testing.T) {
 		for i, g := range gws {
 			cpu0[i] = cpuSecondsOf(g.Pid())
 		}
+		var loads fleetLoads
+		if cfg.load {
+			loads = startFleetLoads(t, gws, "/", fleetLoadEvery)
+		}
 		varz0 := varzInMsgs(nodes)
 		counter.reset()
 		start := time.Now()
 		time.Sleep(window)
 		el := time.Since(start).Seconds()
+		for i, rs := range loads.Stop() {
+			t.Logf("%s: load through %s: %s", cfg.name, gws[i].ID, rs.Summary())
+		}
 		r := row{name: cfg.name, msgs: map[string]float64{}, varzPerSec: (varzInMsgs(nodes) - varz0) / el}
 		for kind, n := range counter.snapshot() {
 			r.msgs[kind] = float64(n) / el
@@ -123,12 +149,13 @@ func TestFleetCost(t *testing.T) {
 		fmt.Fprintf(&b, "| %s | %s | %s | %.0f | %.1f | %.1f | %.1f | %.0f | %.0f |\n", r.name, floats(r.cpu), floats(r.rss),
 			r.msgs["hb"], r.msgs["gw"], r.msgs["obs"], r.msgs["$KV"]+r.msgs["$JS"], all, r.varzPerSec)
 	}
-	if len(rows) == 3 {
+	if len(rows) == 5 {
 		alone := rows[0].cpu[0]
-		fmt.Fprintf(&b, "\nadded CPU per gateway in a fleet of 3 (share_failures on) over one gateway alone: %+.2f%% of a core (mean of the three)\n",
+		fmt.Fprintf(&b, "\nidle: added CPU per gateway in a fleet of 3 (share_failures on) over one gateway alone: %+.2f%% of a core (mean of the three)\n",
 			mean(rows[1].cpu)-alone)
-		fmt.Fprintf(&b, "share_failures on vs off (no failures happen here, so only the subscription differs): %+.2f%% of a core\n",
-			mean(rows[1].cpu)-mean(rows[2].cpu))
+		fmt.Fprintf(&b, "idle: share_failures on vs off: %+.2f%% of a core\n", mean(rows[1].cpu)-mean(rows[2].cpu))
+		fmt.Fprintf(&b, "failures under load: share_failures on vs off: %+.2f%% of a core, %+.1f observation msg/s\n",
+			mean(rows[3].cpu)-mean(rows[4].cpu), rows[3].msgs["obs"]-rows[4].msgs["obs"])
 	}
 	t.Log(b.String())
 }
