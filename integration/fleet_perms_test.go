@@ -2,6 +2,7 @@ package integration
 
 import (
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -146,4 +147,79 @@ func publishRefused(t testing.TB, url, subject string) error {
 	mu.Lock()
 	defer mu.Unlock()
 	return fmt.Errorf("the server did not refuse it (errors: %q)", errs)
+}
+
+// TestFleetShippedPermissions runs two gateways with the shared `gateway`
+// user of deploy/nats/permissions.conf as shipped (only its port changed,
+// and a JetStream store added) and the instances with their own users:
+// the gateways must see each other (their heartbeats on cx.ha.gw.*), share
+// a failure (cx.ha.obs.*) and apply a drain made through the other (the
+// control bucket), as they do without permissions.
+func TestFleetShippedPermissions(t *testing.T) {
+	data, err := os.ReadFile("../deploy/nats/permissions.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	port := freePort(t)
+	conf := strings.Replace(string(data), "port: 4222", fmt.Sprintf("listen: 127.0.0.1:%d\njetstream { store_dir: %q }", port, filepath.Join(dir, "js")), 1)
+	if conf == string(data) {
+		t.Fatal("deploy/nats/permissions.conf has no `port: 4222` line to replace")
+	}
+	confPath := filepath.Join(dir, "nats.conf")
+	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n := &natsServer{Port: port, URL: fmt.Sprintf("nats://127.0.0.1:%d", port)}
+	n.proc = newProc(t, "nats-shipped", bins.nats, "-c", confPath)
+	n.env = []string{"CX_APP1_PASSWORD=pw-app1", "CX_APP2_PASSWORD=pw-app2", "CX_GATEWAY_PASSWORD=pw-gateway", "CX_APP_PASSWORD=pw-app"}
+	n.Restart()
+
+	userURL := func(user string) string { return fmt.Sprintf("nats://%s:pw-%s@127.0.0.1:%d", user, user, port) }
+	app1 := startBackend(t, "app1", userURL("app1"), 0)
+	startBackend(t, "app2", userURL("app2"), 1)
+	var gws []*fleetGateway
+	for i, id := range []string{"gw-a", "gw-b"} {
+		site := ""
+		if i == 0 {
+			site = "\n\trequest_header X-Via-Gw-A 1"
+		}
+		cf := fmt.Sprintf(`{
+	admin %s
+	cx {
+		nats %s
+		user gateway pw-gateway
+		gateway_id %s
+	}
+}
+
+http://%s {
+	cx_proxy {
+		stale_after 1s
+		fail_timeout 3s
+	}%s
+}
+`, AdminAddr, n.URL, id, SiteAddr, site)
+		gws = append(gws, &fleetGateway{ID: id, gateway: startGatewayNamed(t, id, bins.caddy, cf)})
+	}
+	waitAllRouteTo(t, gws, 10*time.Second, "app1")
+	waitFleetActive(t, gws, 10*time.Second)
+	waitFleetControl(t, gws, 15*time.Second)
+
+	gws[0].mustControl(t, "app1", "drain")
+	waitAllRouteTo(t, gws, 5*time.Second, "app2")
+	gws[1].mustControl(t, "app1", "ready")
+	waitAllRouteTo(t, gws, 5*time.Second, "app1")
+
+	// A failure only gw-a sees: gw-b passes over app1 too.
+	app1.failFor(t, time.Second, 502, "X-Via-Gw-A")
+	waitFor(t, 5*time.Second, "gw-a to send a request to app1", func() bool {
+		_, _, err := get(&http.Client{Timeout: 2 * time.Second}, gws[0].URL+"/")
+		rec, ferr := app1.failed()
+		return err == nil && ferr == nil && rec.Count > 0
+	})
+	waitFor(t, 2*time.Second, "gw-b to pass over app1 after gw-a's failure", func() bool {
+		in, err := gws[1].instance("app1")
+		return err == nil && in != nil && in.Failing
+	})
 }
