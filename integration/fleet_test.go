@@ -668,6 +668,24 @@ func TestFleetChurnSoak(t *testing.T) {
 			split = append(split, s)
 		}
 	}
+	// The samples must have seen the churn: the primary set changed
+	// between agreeing samples about once per event.
+	changes := 0
+	var prev []string
+	for _, s := range samples {
+		if !s.agree {
+			continue
+		}
+		if prev != nil && !slices.Equal(prev, s.ps[0]) {
+			changes++
+		}
+		prev = s.ps[0]
+	}
+	events := joins + terms + kills
+	t.Logf("the agreed primary set changed %d times between samples (%d churn events)", changes, events)
+	if changes < events/2 {
+		t.Errorf("the primary set changed only %d times in the samples for %d churn events: the sampling did not see the churn", changes, events)
+	}
 	pct := 100 * float64(agreed) / float64(len(samples))
 	t.Logf("churn for %v: %d joins, %d SIGTERM leaves, %d SIGKILL crashes", duration, joins, terms, kills)
 	t.Logf("primary agreement of the 3 gateways: %d of %d samples (every 100ms) = %.2f%%", agreed, len(samples), pct)
