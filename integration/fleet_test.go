@@ -1,7 +1,9 @@
 package integration
 
 import (
+	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"slices"
@@ -762,6 +764,7 @@ func TestFleetHostileInput(t *testing.T) {
 		return out
 	}
 	for i, g := range gws {
+		http.DefaultTransport.(*http.Transport).CloseIdleConnections()
 		rt, err := g.runtimeStats()
 		if err != nil {
 			t.Fatal(err)
@@ -931,20 +934,30 @@ func TestFleetHostileInput(t *testing.T) {
 		}
 	}
 
-	// Bounds.
+	// Bounds. The test's own idle keep-alive connections to the admin
+	// APIs (each a goroutine there) are closed first.
 	for i, g := range gws {
 		var after runtimeStats
 		settled := poll(10*time.Second, func() bool {
+			http.DefaultTransport.(*http.Transport).CloseIdleConnections()
 			var err error
 			after, err = g.runtimeStats()
 			return err == nil && after.Goroutines <= bases[i].rt.Goroutines+20
 		})
 		rss, _ := rssOf(g.Pid())
-		logGrowth := len(g.Log()) - bases[i].logSize
-		t.Logf("%s after: %s, RSS %.1f MiB (%+.1f MiB), log +%d bytes", g.ID, after, mib(rss), mib(rss)-mib(bases[i].rss), logGrowth)
-		if !settled {
-			t.Errorf("%s: goroutines %d after the attack, %d before: want at most +20", g.ID, after.Goroutines, bases[i].rt.Goroutines)
+		// The admin API logs each of this test's requests: not the attack's.
+		logGrowth := 0
+		for line := range strings.SplitSeq(g.Log()[bases[i].logSize:], "\n") {
+			if !strings.Contains(line, `"logger":"admin.api"`) {
+				logGrowth += len(line) + 1
+			}
 		}
+		t.Logf("%s after: %s, RSS %.1f MiB (%+.1f MiB), log +%d bytes (admin API request lines not counted)", g.ID, after, mib(rss), mib(rss)-mib(bases[i].rss), logGrowth)
+		if !settled {
+			t.Errorf("%s: goroutines %d after the attack, %d before: want at most +20; the most common stacks now:\n%s",
+				g.ID, after.Goroutines, bases[i].rt.Goroutines, g.goroutineGroups(8))
+		}
+		t.Logf("%s: log lines during the attack, by message and reason: %s", g.ID, logCounts(g.Log()[bases[i].logSize:], 8))
 		if rss > bases[i].rss+100<<20 {
 			t.Errorf("%s: RSS %.1f MiB after the attack, %.1f MiB before: want at most +100 MiB (race build)", g.ID, mib(rss), mib(bases[i].rss))
 		}
@@ -978,4 +991,54 @@ func connectAttacker(t testing.TB, url string) *nats.Conn {
 	}
 	t.Cleanup(nc.Close)
 	return nc
+}
+
+// goroutineGroups returns the n largest groups of identical goroutine
+// stacks of the gateway (admin /debug/pprof/goroutine?debug=1).
+func (g *gateway) goroutineGroups(n int) string {
+	c := &http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get("http://" + g.AdminAddr + "/debug/pprof/goroutine?debug=1")
+	if err != nil {
+		return err.Error()
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	// debug=1 groups identical stacks already, largest first: "N @ ...".
+	groups := strings.Split(string(body), "\n\n")
+	if len(groups) > n+1 {
+		groups = groups[:n+1]
+	}
+	return truncate(strings.Join(groups, "\n\n"), 12000)
+}
+
+// logCounts counts JSON log lines by msg (and reason, event), the n most
+// frequent.
+func logCounts(log string, n int) string {
+	counts := map[string]int{}
+	for line := range strings.SplitSeq(log, "\n") {
+		var e logEntry
+		if !strings.HasPrefix(line, "{") || json.Unmarshal([]byte(line), &e) != nil {
+			continue
+		}
+		key := e.Str("msg")
+		for _, f := range []string{"event", "reason"} {
+			if v := e.Str(f); v != "" {
+				key += " " + f + "=" + v
+			}
+		}
+		counts[key]++
+	}
+	keys := make([]string, 0, len(counts))
+	for k := range counts {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b string) int { return counts[b] - counts[a] })
+	var parts []string
+	for i, k := range keys {
+		if i == n {
+			break
+		}
+		parts = append(parts, fmt.Sprintf("%q x%d", k, counts[k]))
+	}
+	return strings.Join(parts, ", ")
 }
