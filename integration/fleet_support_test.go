@@ -112,17 +112,6 @@ func waitFleetActive(t testing.TB, gws []*fleetGateway, timeout time.Duration) {
 	}
 }
 
-// restart kills the gateway with SIGKILL, starts it again with the same
-// config and waits until its site answers.
-func (g *fleetGateway) restart(t testing.TB) {
-	t.Helper()
-	g.Kill()
-	if err := g.start(nil); err != nil {
-		t.Fatal(err)
-	}
-	g.waitUp(t)
-}
-
 // ------------------------------------------------------- control API
 
 // controlAnswer is the JSON of a 200 answer to POST
@@ -366,18 +355,6 @@ func (ls fleetLoads) waitServed(t testing.TB, gws []*fleetGateway, timeout time.
 		}
 	}
 	t.Fatalf("timed out after %v waiting for %d responses from %s through every gateway:\n%s", timeout, n, id, b.String())
-}
-
-// lastStartServedBy is the start of the last request served by process
-// pid that started at or after `since` (zero if none).
-func (rs results) lastStartServedBy(pid string, since time.Time) time.Time {
-	var last time.Time
-	for _, r := range rs.Since(since) {
-		if r.OK() && r.Process == pid && r.Start.After(last) {
-			last = r.Start
-		}
-	}
-	return last
 }
 
 // lastStartServedByID is lastStartServedBy for any process of instance id.

@@ -744,7 +744,6 @@ func TestFleetHostileInput(t *testing.T) {
 		rss     uint64
 		msgs    map[string]float64 // kind/result
 		logSize int
-		applied float64
 	}
 	bases := make([]base, len(gws))
 	readMsgs := func(g *fleetGateway) map[string]float64 {
