@@ -310,9 +310,13 @@ func DecodeObservation(prefix, subject string, data []byte) (*Observation, error
 	return o, nil
 }
 
-// failures reads the required, non-empty, bounded list of failures.
+// failures reads the required, non-empty, bounded list of failures. The
+// array is first split into raw entries, which costs no more than the
+// payload's bytes, and only the first MaxObservedFailures of an array
+// within the limit are decoded into maps: a payload of thousands of tiny
+// entries is refused before any of them is.
 func failures(obj map[string]json.RawMessage) ([]ObservedFailure, error) {
-	var raw []map[string]json.RawMessage
+	var raw []json.RawMessage
 	if err := field(obj, "failed", &raw, true); err != nil {
 		return nil, err
 	}
@@ -320,8 +324,9 @@ func failures(obj map[string]json.RawMessage) ([]ObservedFailure, error) {
 		return nil, invalid("failed", "%d entries; 1 to %d are allowed", len(raw), MaxObservedFailures)
 	}
 	out := make([]ObservedFailure, 0, len(raw))
-	for _, entry := range raw {
-		if entry == nil {
+	for _, item := range raw {
+		var entry map[string]json.RawMessage
+		if err := json.Unmarshal(item, &entry); err != nil || entry == nil {
 			return nil, invalid("failed", "an entry is not an object")
 		}
 		id, err := idField(entry, "id")
