@@ -246,7 +246,7 @@ func (m *GatewayMessage) decodeRest(obj map[string]json.RawMessage) error {
 	if m.Primary, err = idList(obj, "primary", MaxGatewayPrimary); err != nil {
 		return err
 	}
-	if raw, ok := obj["inflight"]; ok {
+	if raw, ok := obj["inflight"]; ok && !bytes.Equal(raw, []byte("null")) {
 		n, err := requiredInt("inflight", raw, 0, MaxGatewayInFlight)
 		if err != nil {
 			return err
@@ -310,18 +310,28 @@ func DecodeObservation(prefix, subject string, data []byte) (*Observation, error
 	return o, nil
 }
 
+// uncounted is an array element that is only counted: it decodes into
+// nothing and takes no memory, so that counting the entries of a hostile
+// array allocates nothing per entry.
+type uncounted struct{}
+
+func (*uncounted) UnmarshalJSON([]byte) error { return nil }
+
 // failures reads the required, non-empty, bounded list of failures. The
-// array is first split into raw entries, which costs no more than the
-// payload's bytes, and only the first MaxObservedFailures of an array
-// within the limit are decoded into maps: a payload of thousands of tiny
+// entries are counted first, which allocates nothing per entry, and only
+// an array within the limit is decoded: a payload of thousands of tiny
 // entries is refused before any of them is.
 func failures(obj map[string]json.RawMessage) ([]ObservedFailure, error) {
+	var counted []uncounted
+	if err := field(obj, "failed", &counted, true); err != nil {
+		return nil, err
+	}
+	if len(counted) == 0 || len(counted) > MaxObservedFailures {
+		return nil, invalid("failed", "%d entries; 1 to %d are allowed", len(counted), MaxObservedFailures)
+	}
 	var raw []json.RawMessage
 	if err := field(obj, "failed", &raw, true); err != nil {
 		return nil, err
-	}
-	if len(raw) == 0 || len(raw) > MaxObservedFailures {
-		return nil, invalid("failed", "%d entries; 1 to %d are allowed", len(raw), MaxObservedFailures)
 	}
 	out := make([]ObservedFailure, 0, len(raw))
 	for _, item := range raw {
