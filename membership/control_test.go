@@ -1,6 +1,11 @@
 package membership
 
 import (
+	"fmt"
+	"os"
+	"reflect"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -347,4 +352,47 @@ func FuzzParseControl(f *testing.F) {
 			t.Fatalf("round trip %+v to %+v", c, again)
 		}
 	})
+}
+
+// The control bucket's keys in docs/PROTOCOL.md are the ones ParseControl
+// takes, and Control encodes.
+func TestProtocolDocControlKeys(t *testing.T) {
+	doc, err := os.ReadFile("../docs/PROTOCOL.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(doc), "\n### The control bucket\n")
+	if !ok {
+		t.Fatal(`docs/PROTOCOL.md has no "### The control bucket"`)
+	}
+	section, _, _ = strings.Cut(section, "\n#")
+	row := regexp.MustCompile("^\\| `([a-z_]+)` \\| ")
+	var documented []string
+	for _, line := range strings.Split(section, "\n") {
+		if m := row.FindStringSubmatch(line); m != nil {
+			documented = append(documented, m[1])
+		}
+	}
+	var tags []string
+	typ := reflect.TypeFor[Control]()
+	for i := range typ.NumField() {
+		tag, _, _ := strings.Cut(typ.Field(i).Tag.Get("json"), ",")
+		tags = append(tags, tag)
+	}
+	if !slices.Equal(documented, tags) {
+		t.Fatalf("keys in docs/PROTOCOL.md %v, Control's %v", documented, tags)
+	}
+	for _, k := range tags {
+		if !controlFields[k] {
+			t.Fatalf("ParseControl refuses Control's key %s", k)
+		}
+	}
+	if len(controlFields) != len(tags) {
+		t.Fatalf("ParseControl takes %d keys, Control has %d", len(controlFields), len(tags))
+	}
+	for _, s := range []string{"`cx_control`", "`<prefix>.<id>`", fmt.Sprintf("%d bytes", MaxControlSize), fmt.Sprintf("up to %d characters", MaxControlByLen)} {
+		if !strings.Contains(section, s) {
+			t.Errorf("the control bucket section does not say %s", s)
+		}
+	}
 }
