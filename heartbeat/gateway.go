@@ -256,14 +256,19 @@ func (m *GatewayMessage) decodeRest(obj map[string]json.RawMessage) error {
 	return field(obj, "control", &m.Control, false)
 }
 
-// idList reads an optional list of at most n valid, distinct ids.
+// idList reads an optional list of at most n valid, distinct ids; the
+// entries of a longer list are counted, not decoded (see failures).
 func idList(obj map[string]json.RawMessage, name string, n int) ([]string, error) {
+	var counted []uncounted
+	if err := field(obj, name, &counted, false); err != nil {
+		return nil, err
+	}
+	if len(counted) > n {
+		return nil, invalid(name, "%d ids, more than %d", len(counted), n)
+	}
 	var ids []string
 	if err := field(obj, name, &ids, false); err != nil {
 		return nil, err
-	}
-	if len(ids) > n {
-		return nil, invalid(name, "%d ids, more than %d", len(ids), n)
 	}
 	seen := make(map[string]bool, len(ids))
 	for _, id := range ids {

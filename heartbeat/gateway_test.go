@@ -369,3 +369,23 @@ func sameObservation(a, b *Observation) bool {
 	}
 	return true
 }
+
+// A primary list of thousands of short ids is refused before any id is
+// decoded.
+func TestGatewayFloodOfPrimaries(t *testing.T) {
+	head := strings.Replace(gatewayExample, `"primary":["app1","app2"]`, `"primary":[`, 1)
+	head, tail, _ := strings.Cut(head, `"primary":[`)
+	head += `"primary":[`
+	n := (MaxPayload - len(head) - len(tail) - 2) / 4
+	data := []byte(head + strings.TrimSuffix(strings.Repeat(`"a",`, n), ",") + "]" + tail)
+	if len(data) > MaxPayload || n < 900 {
+		t.Fatalf("%d bytes, %d ids", len(data), n)
+	}
+	_, err := DecodeGateway(DefaultPrefix, gwSubject, data)
+	checkDecodeResult(t, err, "primary")
+	allocs := testing.AllocsPerRun(20, func() { _, _ = DecodeGateway(DefaultPrefix, gwSubject, data) })
+	t.Logf("%d ids refused with %.0f allocations", n, allocs)
+	if allocs > float64(n)/4 {
+		t.Fatalf("%.0f allocations to refuse %d ids: they were decoded one by one", allocs, n)
+	}
+}
