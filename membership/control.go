@@ -102,6 +102,16 @@ func ParseControl(data []byte) (Control, error) {
 	if utf8.RuneCountInString(c.By) > MaxControlByLen || utf8.RuneCountInString(c.Gateway) > MaxControlByLen {
 		return Control{}, fmt.Errorf("control entry: by or gateway longer than %d characters", MaxControlByLen)
 	}
+	// Times are shown and re-encoded (status page, admin API): one JSON
+	// cannot encode, or no real clock gives, is refused.
+	for _, tm := range []struct {
+		name string
+		t    time.Time
+	}{{"instance_started_at", c.Process}, {"at", c.At}} {
+		if y := tm.t.UTC().Year(); !tm.t.IsZero() && (y < minStartYear || y > maxStartYear) {
+			return Control{}, fmt.Errorf("control entry: %s is in the year %d in UTC; allowed are %d to %d", tm.name, y, minStartYear, maxStartYear)
+		}
+	}
 	return c, nil
 }
 

@@ -34,6 +34,11 @@ type FleetConfig struct {
 	Prefix string
 	// Self is this gateway's id: its own observations are already applied.
 	Self string
+	// SelfStartedAt, if set, is this gateway process's started_at: a
+	// heartbeat on Self's id with any other is refused as a conflict
+	// (reason "self"), so that no one else speaks for this gateway in
+	// its own view of the fleet (its primary, its state).
+	SelfStartedAt time.Time
 	// ClockSkew is how far ahead a started_at may be. Default 1m.
 	ClockSkew time.Duration
 	// MaxGateways bounds the gateways kept. Default DefaultMaxGateways.
@@ -187,6 +192,11 @@ func reasonOf(err error) string {
 func (f *Fleet) apply(m *heartbeat.GatewayMessage, now time.Time) (FleetEvent, bool) {
 	if reason, detail := refuseClock(m.StartedAt, now, f.cfg.ClockSkew); reason != "" {
 		return FleetEvent{Kind: FleetRejected, Gateway: m.ID, Reason: reason, Detail: detail}, false
+	}
+	if m.ID == f.cfg.Self && !f.cfg.SelfStartedAt.IsZero() && !m.StartedAt.Equal(f.cfg.SelfStartedAt) {
+		return FleetEvent{Kind: FleetConflict, Gateway: m.ID, Reason: "self",
+			Detail: "a heartbeat for this gateway's own id " + m.ID + " from a process started at " + m.StartedAt.Format(time.RFC3339Nano) +
+				", not this one: another gateway uses the same gateway_id; give each gateway its own"}, false
 	}
 	e := f.gateways[m.ID]
 	if e == nil {

@@ -587,3 +587,35 @@ func TestFleetRejectedEventsSanitiseIDs(t *testing.T) {
 		t.Fatalf("%+v", ev)
 	}
 }
+
+// Attack: a publisher speaks for this gateway's own id with a newer
+// process, to change what this gateway shows as its own primary or to
+// make it look left.
+func TestFleetSelfProcess(t *testing.T) {
+	f, rec := newFleet(FleetConfig{Self: "gw1", SelfStartedAt: p0})
+	if err := observeGW(t, f, at(0), "gw1", 1); err != nil {
+		t.Fatal(err)
+	}
+	rec.must(t, "join")
+	for _, mods := range [][]gwMod{
+		{gwStarted(time.Second), gwPrimary("evil")},
+		{gwStarted(time.Second), gwLeaving()},
+		{gwStarted(-time.Second)},
+	} {
+		var fe *FleetError
+		if err := observeGW(t, f, at(time.Second), "gw1", 2, mods...); !errors.As(err, &fe) || fe.Event.Reason != "self" {
+			t.Fatalf("another process on the own id: %v", err)
+		}
+	}
+	rec.must(t, "conflict/self", "conflict/self", "conflict/self")
+	g := gatewayOf(t, f, at(time.Second), "gw1")
+	if !g.Self || !g.StartedAt.Equal(p0) || !slices.Equal(g.Primary, []string{"app1"}) || g.GatewayState != StateActiveName {
+		t.Fatalf("own gateway changed: %+v", g)
+	}
+	// without SelfStartedAt, a newer process is a restart, as for others
+	f2, _ := newFleet(FleetConfig{Self: "gw1"})
+	observeGW(t, f2, at(0), "gw1", 1)
+	if err := observeGW(t, f2, at(time.Second), "gw1", 1, gwStarted(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+}
