@@ -70,7 +70,9 @@ func TestDecodeGateway(t *testing.T) {
 		}},
 		{name: "leaving", data: edit(t, gatewayExample, "state", "leaving"), check: func(m *GatewayMessage) bool { return m.State == GatewayStateLeaving }},
 		{name: "optional fields missing", data: edit(t, gatewayExample, "version", nil, "nats_server", nil, "primary", nil, "inflight", nil, "control", nil),
-			check: func(m *GatewayMessage) bool { return m.Primary == nil && m.InFlight == 0 && !m.Control && m.Version == "" }},
+			check: func(m *GatewayMessage) bool {
+				return m.Primary == nil && m.InFlight == 0 && !m.Control && m.Version == ""
+			}},
 		{name: "optional fields null", data: edit(t, gatewayExample, "primary", raw("null"), "inflight", raw("null"), "control", raw("null"), "version", raw("null")),
 			check: func(m *GatewayMessage) bool { return m.Primary == nil && m.InFlight == 0 && !m.Control }},
 		{name: "unknown fields ignored", data: edit(t, gatewayExample, "future", []any{1, "x"}), check: func(m *GatewayMessage) bool { return m.ID == "gw1" }},
