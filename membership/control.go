@@ -127,7 +127,9 @@ func truncate(s string, n int) string {
 // does not wait for a coalesced one (Config.RebuildEvery): an operator's
 // drain takes effect before SetControl returns. A coalesced rebuild still
 // pending publishes again when due, which is harmless.
-func (r *Registry) SetControl(id string, c Control) {
+func (r *Registry) SetControl(id string, c Control) { r.setControl(id, c, time.Now()) }
+
+func (r *Registry) setControl(id string, c Control, now time.Time) {
 	r.mu.Lock()
 	if r.controls == nil {
 		r.controls = make(map[string]Control)
@@ -140,6 +142,7 @@ func (r *Registry) SetControl(id string, c Control) {
 	if e := r.members[id]; e != nil {
 		before := e.route()
 		e.Control = r.controls[id]
+		r.settle(e, now) // a released member enters routing now (slow start)
 		if e.route() != before {
 			r.rebuildNow()
 		}
@@ -151,7 +154,9 @@ func (r *Registry) SetControl(id string, c Control) {
 
 // SetControls replaces every control entry (the bucket as first read) and
 // releases routing when Config.AwaitControls held it back.
-func (r *Registry) SetControls(all map[string]Control) {
+func (r *Registry) SetControls(all map[string]Control) { r.setControls(all, time.Now()) }
+
+func (r *Registry) setControls(all map[string]Control, now time.Time) {
 	r.mu.Lock()
 	r.controls = make(map[string]Control, len(all))
 	for id, c := range all {
@@ -161,6 +166,7 @@ func (r *Registry) SetControls(all map[string]Control) {
 	}
 	for id, e := range r.members {
 		e.Control = r.controls[id]
+		r.settle(e, now)
 	}
 	r.controlsLoaded = true
 	r.rebuildNow()

@@ -397,3 +397,32 @@ func TestProtocolDocControlKeys(t *testing.T) {
 		}
 	}
 }
+
+// An instance released from maintenance or a drain comes back into
+// routing now: its ActiveSince (slow start, failback delay) is the
+// release, not when it was first routed, in the snapshot published at
+// once and afterwards.
+func TestControlReleaseRestartsActiveSince(t *testing.T) {
+	r, _ := newReg(t, Config{})
+	r.Apply(beat("app1", 1), at(0))
+	r.setControl("app1", maintenance, at(time.Second))
+	for i := range 5 {
+		r.Apply(beat("app1", int64(2+i)), at(time.Duration(2+i)*time.Second))
+	}
+	r.setControl("app1", Control{State: ControlReady}, at(10*time.Second))
+	s := r.Snapshot()
+	if len(s.Routes) != 1 || !s.Routes[0].ActiveSince.Equal(at(10*time.Second)) {
+		t.Fatalf("routes %+v after ready at %v", s.Routes, at(10*time.Second))
+	}
+	r.Apply(beat("app1", 7), at(11*time.Second))
+	if m, _ := r.Member("app1"); !m.ActiveSince.Equal(at(10 * time.Second)) {
+		t.Fatalf("ActiveSince %v after the next heartbeat", m.ActiveSince)
+	}
+	// the same through SetControls
+	r.setControls(map[string]Control{"app1": drainOf(p0)}, at(12*time.Second))
+	mustRouted(t, r)
+	r.setControls(nil, at(13*time.Second))
+	if s := r.Snapshot(); len(s.Routes) != 1 || !s.Routes[0].ActiveSince.Equal(at(13*time.Second)) {
+		t.Fatalf("routes %+v after SetControls at %v", s.Routes, at(13*time.Second))
+	}
+}
