@@ -391,3 +391,28 @@ func TestGatewayFloodOfPrimaries(t *testing.T) {
 		t.Fatalf("%.0f allocations to refuse %d ids: they were decoded one by one", allocs, n)
 	}
 }
+
+func BenchmarkDecodeGateway(b *testing.B) {
+	data := []byte(gatewayExample)
+	for b.Loop() {
+		if _, err := DecodeGateway(DefaultPrefix, gwSubject, data); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkDecodeObservation(b *testing.B) {
+	for name, data := range map[string][]byte{
+		"1 failure":   []byte(observationExample),
+		"32 failures": edit(b, observationExample, "failed", failedN(MaxObservedFailures)),
+		"hostile 4KiB of tiny entries": []byte(`{"proto":1,"kind":"observation","gateway":"gw1","started_at":"2026-11-25T21:00:00Z","seq":1,"failed":[` +
+			strings.TrimSuffix(strings.Repeat("{},", 1300), ",") + "]}"),
+	} {
+		b.Run(name, func(b *testing.B) {
+			b.SetBytes(int64(len(data)))
+			for b.Loop() {
+				_, _ = DecodeObservation(DefaultPrefix, obsSubject, data)
+			}
+		})
+	}
+}
