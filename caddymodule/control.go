@@ -45,9 +45,6 @@ type controlState struct {
 	// following is true while a watcher delivers the bucket's changes
 	// (after its first full read).
 	following atomic.Bool
-	// unavailable holds why the bucket cannot be used (no JetStream), for
-	// the admin API to answer; nil while it works or is merely unreached.
-	unavailable atomic.Pointer[error]
 	// rejected counts bucket values that failed to decode.
 	rejected atomic.Uint64
 
@@ -124,7 +121,6 @@ func (c *controlState) run() {
 		if err != nil {
 			c.bucket.forget(err)
 			if jetStreamUnavailable(err) {
-				c.unavailable.Store(&errNoJetStream)
 				c.releaseRouting()
 			}
 			if held, ok := c.logs.due("watch", time.Now()); ok {
@@ -170,7 +166,6 @@ func (c *controlState) follow() error {
 		return err
 	}
 	defer func() { _ = w.Stop() }()
-	c.unavailable.Store(nil)
 	initial := map[string]membership.Control{}
 	revs := map[string]uint64{}
 	synced := false
@@ -322,7 +317,6 @@ var errUnknownInstance = errors.New("unknown instance")
 // writeError is what a failed write tells the operator.
 func (c *controlState) writeError(err error) error {
 	if jetStreamUnavailable(err) {
-		c.unavailable.Store(&errNoJetStream)
 		return errControlUnavailable{errNoJetStream}
 	}
 	return errControlUnavailable{fmt.Errorf("writing the %s bucket on NATS: %w", ControlBucket, err)}
