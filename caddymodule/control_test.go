@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"strings"
 	"testing"
@@ -455,4 +456,94 @@ func TestEmbeddedStoreDirs(t *testing.T) {
 			t.Errorf("sanitizeAddr(%q) = %q", addr, s)
 		}
 	}
+}
+
+// jetStreamCluster runs n NATS servers with JetStream in one cluster on
+// loopback and returns them once JetStream has a meta leader.
+func jetStreamCluster(t *testing.T, n int) []*server.Server {
+	t.Helper()
+	ports := make([]int, n)
+	for i := range ports {
+		ports[i] = freePort(t)
+	}
+	var routes []*url.URL
+	for _, p := range ports {
+		routes = append(routes, &url.URL{Scheme: "nats", Host: fmt.Sprintf("127.0.0.1:%d", p)})
+	}
+	nodes := make([]*server.Server, n)
+	for i := range nodes {
+		nodes[i] = natstest.Start(t, &server.Options{
+			ServerName: fmt.Sprintf("n%d", i+1), JetStream: true, StoreDir: t.TempDir(),
+			Cluster: server.ClusterOpts{Name: "cx", Host: "127.0.0.1", Port: ports[i]}, Routes: routes,
+		})
+	}
+	eventually(t, 20*time.Second, func() bool {
+		for _, s := range nodes {
+			if !s.JetStreamIsCurrent() || s.NumRoutes() < n-1 {
+				return false
+			}
+		}
+		return nodes[0].JetStreamIsLeader() || nodes[1].JetStreamIsLeader() || nodes[2].JetStreamIsLeader()
+	}, "a JetStream cluster with a meta leader")
+	return nodes
+}
+
+// TestControlSurvivesClusterNodeDown: on a 3-node cluster the bucket has
+// 3 replicas; the node a gateway is connected to dies, and the gateway
+// still holds what was set and follows what is set after.
+func TestControlSurvivesClusterNodeDown(t *testing.T) {
+	nodes := jetStreamCluster(t, 3)
+	urls := make([]string, len(nodes))
+	for i, s := range nodes {
+		urls[i] = s.ClientURL()
+	}
+	// a connects to node 1 first, b to node 2; both know all three.
+	a := controlService(t, strings.Join(urls, ","), "gw-a", heartbeat.DefaultPrefix, true)
+	b := controlService(t, strings.Join([]string{urls[1], urls[2], urls[0]}, ","), "gw-b", heartbeat.DefaultPrefix, false)
+	eventually(t, 20*time.Second, func() bool { return a.controlFollowing() && b.controlFollowing() }, "both following")
+	js, err := jetstream.New(connect(t, urls[2]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := js.Stream(context.Background(), "KV_"+ControlBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := st.CachedInfo().Config.Replicas; r != 3 {
+		t.Errorf("the bucket has %d replicas on a 3-node cluster, want 3", r)
+	}
+	if code, body := postControl(t, "/cx/instances/app1/maintenance"); code != http.StatusOK {
+		t.Fatalf("maintenance: %d %s", code, body)
+	}
+	eventually(t, time.Second, func() bool { _, ok := b.reg.Controls()["app1"]; return ok }, "b applying the maintenance")
+
+	// the node a is connected to dies.
+	var dead *server.Server
+	for _, s := range nodes {
+		if s.ClientURL() == a.control.bucket.nc.ConnectedUrl() {
+			dead = s
+		}
+	}
+	if dead == nil {
+		t.Fatalf("a is connected to %s, none of the nodes", a.control.bucket.nc.ConnectedUrl())
+	}
+	deadURL := dead.ClientURL()
+	dead.Shutdown()
+	killed := time.Now()
+	eventually(t, 20*time.Second, func() bool {
+		nc := a.control.bucket.nc
+		return nc.IsConnected() && nc.ConnectedUrl() != deadURL && a.controlFollowing()
+	}, "a following again on another node")
+	t.Logf("cluster node down: a followed the bucket again %v later", time.Since(killed).Round(time.Millisecond))
+	if _, ok := a.reg.Controls()["app1"]; !ok {
+		t.Fatal("a lost app1's maintenance when its node died")
+	}
+	// written through b: a's fresh watcher brings it.
+	eventually(t, 20*time.Second, func() bool {
+		_, _, err := b.setControl(context.Background(), "app2", membership.ControlMaintenance, "test")
+		return err == nil
+	}, "b writing after the node died")
+	written := time.Now()
+	eventually(t, 5*time.Second, func() bool { _, ok := a.reg.Controls()["app2"]; return ok }, "a applying b's write after its node died")
+	t.Logf("cluster node down: a applied b's write %v after it was written", time.Since(written).Round(time.Microsecond))
 }
