@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -546,4 +547,61 @@ func TestControlSurvivesClusterNodeDown(t *testing.T) {
 	written := time.Now()
 	eventually(t, 5*time.Second, func() bool { _, ok := a.reg.Controls()["app2"]; return ok }, "a applying b's write after its node died")
 	t.Logf("cluster node down: a applied b's write %v after it was written", time.Since(written).Round(time.Microsecond))
+}
+
+// cxService is the running service of prefix, once the config started.
+func cxService(t *testing.T, prefix string) *Service {
+	t.Helper()
+	var found *Service
+	eventually(t, 5*time.Second, func() bool {
+		for _, s := range runningServices() {
+			if s.prefix == prefix {
+				found = s
+			}
+		}
+		return found != nil && found.controlFollowing()
+	}, "the service following the control bucket")
+	return found
+}
+
+// TestEmbeddedNATSKeepsControlAcrossRestart: the embedded NATS runs
+// JetStream (with the app's token) under Caddy's data directory, so a
+// maintenance set through it is read back by a gateway started anew; two
+// embedded servers on different ports keep separate stores.
+func TestEmbeddedNATSKeepsControlAcrossRestart(t *testing.T) {
+	logFile := filepath.Join(t.TempDir(), "caddy.log")
+	natsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	cx := "\t\tembedded_nats " + natsAddr + "\n\t\ttoken embedded-secret"
+	port := freePort(t)
+	runGateway(t, logFile, cx, port, "\tcx_proxy")
+	s := cxService(t, heartbeat.DefaultPrefix)
+	if code, body := postControl(t, "/cx/instances/app1/maintenance"); code != http.StatusOK {
+		t.Fatalf("maintenance on the embedded NATS: %d %s", code, body)
+	}
+	store := embeddedStoreDir(natsAddr)
+	if _, err := os.Stat(filepath.Join(store, "jetstream")); err != nil {
+		t.Fatalf("no JetStream store under %s: %v", store, err)
+	}
+	if err := caddy.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	// the whole gateway again: a new embedded server, a new service.
+	runGateway(t, logFile, cx, port, "\tcx_proxy")
+	again := cxService(t, heartbeat.DefaultPrefix)
+	if again == s {
+		t.Fatal("the service survived caddy.Stop")
+	}
+	if c := again.reg.Controls()["app1"]; c.State != membership.ControlMaintenance || c.By != "admin API" {
+		t.Fatalf("after the restart, app1's control is %+v: want the maintenance read back from the store", c)
+	}
+	if err := caddy.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	// another address, another store: nothing to read back.
+	other := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	runGateway(t, logFile, "\t\tembedded_nats "+other, freePort(t), "\tcx_proxy")
+	fresh := cxService(t, heartbeat.DefaultPrefix)
+	if n := len(fresh.reg.Controls()); n != 0 || embeddedStoreDir(other) == store {
+		t.Fatalf("an embedded server on %s sees %d controls (store %s): it shares %s's store", other, n, embeddedStoreDir(other), natsAddr)
+	}
 }
