@@ -29,6 +29,10 @@ var (
 	controlTimeout = 5 * time.Second
 )
 
+// maxControlEntries bounds the holds a service keeps: whoever may write
+// the bucket must not be able to grow every gateway's memory without end.
+const maxControlEntries = 1 << 16
+
 // controlState follows the fleet's control bucket for one service: every
 // key `<prefix>.*`, applied to the registry as it changes.
 type controlState struct {
@@ -202,6 +206,10 @@ func (c *controlState) follow() error {
 			continue
 		}
 		if !synced {
+			if _, known := revs[id]; !known && len(revs) >= maxControlEntries {
+				c.reject(fmt.Errorf("more than %d control entries", maxControlEntries), e)
+				continue
+			}
 			revs[id] = e.Revision()
 			if ctl.State == membership.ControlReady {
 				delete(initial, id)
@@ -253,7 +261,12 @@ func (c *controlState) reject(err error, e jetstream.KeyValueEntry) {
 func (c *controlState) apply(id string, ctl membership.Control, rev uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if rev <= c.revisions[id] {
+	have, known := c.revisions[id]
+	if rev <= have {
+		return
+	}
+	if !known && len(c.revisions) >= maxControlEntries {
+		c.rejected.Add(1)
 		return
 	}
 	c.revisions[id] = rev
