@@ -131,6 +131,7 @@ func (s *Service) key() serviceKey { return serviceKey{link: s.link, prefix: s.p
 func (s *Service) registryConfig(set serviceSettings) membership.Config {
 	cfg := set.membership
 	cfg.OnEvent = s.onEvent
+	cfg.AwaitControls = true // released by the control follower (control.go)
 	cfg.Deny = func(url string) string { return s.loops.Load().deny(url) }
 	cfg.Confirm = nil
 	if set.confirmWith != "" {

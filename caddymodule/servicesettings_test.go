@@ -15,7 +15,7 @@ import (
 // the one applied would silently win: with scheme, a TLS site and a plain
 // one would refuse each other's instances.
 func TestServiceSettingsCoverEveryField(t *testing.T) {
-	hooks := map[string]bool{"OnEvent": true, "Deny": true, "Confirm": true}
+	hooks := map[string]bool{"OnEvent": true, "Deny": true, "Confirm": true, "AwaitControls": true}
 	base := serviceSettings{membership: membership.Config{Prefix: "cx.ha"}}
 	typ := reflect.TypeFor[membership.Config]()
 	for i := range typ.NumField() {
