@@ -1,0 +1,558 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"go.uber.org/zap"
+
+	"github.com/caddy-cx/caddy-cx/heartbeat"
+	"github.com/caddy-cx/caddy-cx/membership"
+)
+
+// fleetGateway is a started service of the default prefix, as the
+// gateway id names it, on its own connection to natsURL: one gateway of
+// a fleet, in this process.
+func fleetGateway(t testing.TB, natsURL, id string, edit func(*serviceSettings)) *Service {
+	t.Helper()
+	set := serviceSettings{membership: membership.Config{Prefix: heartbeat.DefaultPrefix, StaleAfter: time.Second},
+		failTimeout: time.Minute}
+	if edit != nil {
+		edit(&set)
+	}
+	c := &claim{owner: &App{GatewayID: id}, settings: set, logger: zap.NewNop()}
+	s, err := newService(nil, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.start(connect(t, natsURL)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Destruct() })
+	return s
+}
+
+// peerOf returns what s knows of gateway id.
+func peerOf(s *Service, id string) (GatewayStatus, bool) {
+	for _, g := range s.gatewayStatus(time.Now()) {
+		if g.ID == id {
+			return g, true
+		}
+	}
+	return GatewayStatus{}, false
+}
+
+// knowEachOther waits until every gateway sees every other one active.
+func knowEachOther(t testing.TB, gws ...*Service) {
+	t.Helper()
+	eventually(t, 5*time.Second, func() bool {
+		for _, a := range gws {
+			for _, b := range gws {
+				if g, ok := peerOf(a, b.gatewayID()); !ok || g.State != "active" {
+					return false
+				}
+			}
+		}
+		return true
+	}, "the gateways announced to each other")
+}
+
+// routed waits until every gateway routes to the instances of ids.
+func routed(t testing.TB, ids []string, gws ...*Service) {
+	t.Helper()
+	eventually(t, 5*time.Second, func() bool {
+		for _, s := range gws {
+			have := map[string]bool{}
+			for _, r := range s.reg.Snapshot().Routes {
+				have[r.ID] = true
+			}
+			for _, id := range ids {
+				if !have[id] {
+					return false
+				}
+			}
+		}
+		return true
+	}, fmt.Sprintf("%v routed by every gateway", ids))
+}
+
+func TestFleetHeartbeatsAnnounceEachGateway(t *testing.T) {
+	natsURL := startNATS(t)
+	nc := connect(t, natsURL)
+	var mu sync.Mutex
+	var beats []*heartbeat.GatewayMessage
+	sub, err := nc.Subscribe(heartbeat.GatewaySubject(heartbeat.DefaultPrefix, "gw-a"), func(msg *nats.Msg) {
+		m, err := heartbeat.DecodeGateway(heartbeat.DefaultPrefix, msg.Subject, msg.Data)
+		if err != nil {
+			t.Errorf("gateway heartbeat does not decode: %v\n%s", err, msg.Data)
+			return
+		}
+		mu.Lock()
+		beats = append(beats, m)
+		mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	_ = nc.Flush()
+
+	app := startBackend(t, "app1")
+	i := newInstance(t, nc, "app1", app.url, 0)
+	stop := i.keepBeating()
+	defer stop()
+	a := fleetGateway(t, natsURL, "gw-a", nil)
+	b := fleetGateway(t, natsURL, "gw-b", nil)
+	knowEachOther(t, a, b)
+	routed(t, []string{"app1"}, a, b)
+
+	eventually(t, 5*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(beats) >= 3 && slices.Equal(beats[len(beats)-1].Primary, []string{"app1"})
+	}, "three heartbeats of gw-a, the last naming app1 primary")
+	mu.Lock()
+	for n, m := range beats {
+		if m.State != "active" || m.Version != "dev" || m.NATSServer == "" || m.IntervalMS != 1000 {
+			t.Errorf("heartbeat %d: %+v", n, m)
+		}
+		if n > 0 && (m.Seq <= beats[n-1].Seq || !m.StartedAt.Equal(beats[0].StartedAt)) {
+			t.Errorf("heartbeat %d: seq %d after %d, started_at %v after %v", n, m.Seq, beats[n-1].Seq, m.StartedAt, beats[0].StartedAt)
+		}
+	}
+	mu.Unlock()
+
+	got, _ := peerOf(b, "gw-a")
+	if got.Self || got.Version != "dev" || !slices.Equal(got.Primary, []string{"app1"}) || !got.NATSConnected || got.StaleAfterSeconds != 3 {
+		t.Errorf("gw-b's view of gw-a: %+v", got)
+	}
+	if self, _ := peerOf(b, "gw-b"); !self.Self || !self.NATSConnected || self.NATSServer == "" {
+		t.Errorf("gw-b's view of itself: %+v", self)
+	}
+	if n := b.stats.fleetMessage(fleetHeartbeat, fleetAccepted).Load(); n < 2 {
+		t.Errorf("gw-b accepted %d heartbeats", n)
+	}
+
+	// leaving: the peer shows it left at once
+	_ = a.Destruct()
+	eventually(t, 2*time.Second, func() bool {
+		g, ok := peerOf(b, "gw-a")
+		return ok && g.State == "left"
+	}, "gw-a shown left by gw-b")
+}
+
+// TestFleetSelfBeforeItsHeartbeat: a gateway lists itself from its own
+// state, before (or without) hearing its heartbeat back.
+func TestFleetSelfBeforeItsHeartbeat(t *testing.T) {
+	natsURL := startNATS(t)
+	s := fleetGateway(t, natsURL, "lonely", nil)
+	gws := s.gatewayStatus(time.Now())
+	if len(gws) != 1 || !gws[0].Self || gws[0].ID != "lonely" || gws[0].State != "active" || gws[0].Primary == nil {
+		t.Fatalf("gateways right after start: %+v", gws)
+	}
+}
+
+// TestFleetSharesFailures: a failure counted on gateway A passes the
+// instance over on gateway B too, within 100 ms.
+func TestFleetSharesFailures(t *testing.T) {
+	natsURL := startNATS(t)
+	nc := connect(t, natsURL)
+	app1, app2 := startBackend(t, "app1"), startBackend(t, "app2")
+	i1, i2 := newInstance(t, nc, "app1", app1.url, 0), newInstance(t, nc, "app2", app2.url, 1)
+	stop1, stop2 := i1.keepBeating(), i2.keepBeating()
+	defer stop1()
+	defer stop2()
+	a := fleetGateway(t, natsURL, "gw-a", nil)
+	b := fleetGateway(t, natsURL, "gw-b", nil)
+	knowEachOther(t, a, b)
+	routed(t, []string{"app1", "app2"}, a, b)
+	dial := memberDial(t, b, "app1")
+
+	var worst time.Duration
+	for round := range 5 {
+		start := time.Now()
+		a.health.fail(dial, start) // as the request path counts it
+		eventually(t, 2*time.Second, func() bool { return b.health.failing(dial, time.Now()) }, "app1 failing on gw-b")
+		took := time.Since(start)
+		worst = max(worst, took)
+		t.Logf("round %d: failure on gw-a marked app1 failing on gw-b after %v", round, took)
+		if !slices.Equal(b.primaryIDs(time.Now()), []string{"app2"}) {
+			t.Fatalf("gw-b's primary %v, want app2", b.primaryIDs(time.Now()))
+		}
+		a.health.clear(dial)
+		b.health.clear(dial)
+		// the next round starts a new window
+		time.Sleep(observationWindow)
+	}
+	t.Logf("failure shared across gateways: worst of 5 %v", worst)
+	if worst > 100*time.Millisecond {
+		t.Errorf("a failure took %v to reach the other gateway, want ≤ 100ms", worst)
+	}
+	if n := b.stats.fleet.applied.Load(); n < 5 {
+		t.Errorf("observations applied on gw-b: %d", n)
+	}
+	// an applied observation is not published again
+	if a.health.failing(dial, time.Now()) {
+		t.Errorf("gw-b shared back a failure it only applied")
+	}
+}
+
+// memberDial returns the dial address s routes id at.
+func memberDial(t testing.TB, s *Service, id string) string {
+	t.Helper()
+	m, ok := s.reg.Member(id)
+	if !ok {
+		t.Fatalf("no member %s", id)
+	}
+	return m.Dial
+}
+
+// TestFleetShareFailuresOff: with share_failures off on either side, a
+// failure stays with the gateway that saw it.
+func TestFleetShareFailuresOff(t *testing.T) {
+	for _, off := range []string{"publisher", "receiver"} {
+		t.Run("off on the "+off, func(t *testing.T) {
+			natsURL := startNATS(t)
+			nc := connect(t, natsURL)
+			app1 := startBackend(t, "app1")
+			i1 := newInstance(t, nc, "app1", app1.url, 0)
+			stop := i1.keepBeating()
+			defer stop()
+			offA := func(set *serviceSettings) { set.shareFailuresOff = off == "publisher" }
+			offB := func(set *serviceSettings) { set.shareFailuresOff = off == "receiver" }
+			a := fleetGateway(t, natsURL, "gw-a", offA)
+			b := fleetGateway(t, natsURL, "gw-b", offB)
+			knowEachOther(t, a, b)
+			routed(t, []string{"app1"}, a, b)
+			published := make(chan struct{}, 16)
+			sub, _ := nc.Subscribe(heartbeat.ObservationWildcard(heartbeat.DefaultPrefix), func(*nats.Msg) { published <- struct{}{} })
+			defer sub.Unsubscribe()
+			_ = nc.Flush()
+
+			dial := memberDial(t, a, "app1")
+			a.health.fail(dial, time.Now())
+			if off == "publisher" {
+				select {
+				case <-published:
+					t.Fatal("gw-a published an observation with share_failures off")
+				case <-time.After(3 * observationWindow):
+				}
+			} else {
+				select {
+				case <-published:
+				case <-time.After(2 * time.Second):
+					t.Fatal("gw-a published no observation")
+				}
+				eventually(t, 2*time.Second, func() bool {
+					return b.stats.fleetMessage(fleetObservation, fleetIgnored).Load() == 1
+				}, "gw-b ignoring the observation")
+			}
+			if b.health.failing(dial, time.Now()) || b.stats.fleet.applied.Load() != 0 {
+				t.Errorf("gw-b applied a failure with share_failures off on the %s", off)
+			}
+		})
+	}
+}
+
+// observation publishes a raw observation on obs.<subjectID>.
+func publishObservation(t testing.TB, nc *nats.Conn, subjectID string, o heartbeat.Observation) {
+	t.Helper()
+	o.Proto, o.Kind = heartbeat.Proto, heartbeat.KindObservation
+	data, err := heartbeat.EncodeGateway(&o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Publish(heartbeat.ObservationSubject(heartbeat.DefaultPrefix, subjectID), data); err != nil {
+		t.Fatal(err)
+	}
+	_ = nc.Flush()
+}
+
+// TestFleetRefusesSpoofedObservations: observations count only from a
+// live, announced gateway process, and only for the process they name.
+func TestFleetRefusesSpoofedObservations(t *testing.T) {
+	natsURL := startNATS(t)
+	nc := connect(t, natsURL)
+	app1 := startBackend(t, "app1")
+	i1 := newInstance(t, nc, "app1", app1.url, 0)
+	stop := i1.keepBeating()
+	defer stop()
+	a := fleetGateway(t, natsURL, "gw-a", nil)
+	b := fleetGateway(t, natsURL, "gw-b", nil)
+	knowEachOther(t, a, b)
+	routed(t, []string{"app1"}, b)
+	dial := memberDial(t, b, "app1")
+	real := heartbeat.ObservedFailure{ID: "app1", StartedAt: i1.msg.StartedAt}
+	fa := a.fleetNow()
+
+	ignored := func() uint64 { return b.stats.fleetMessage(fleetObservation, fleetIgnored).Load() }
+	for n, tc := range []struct {
+		name    string
+		subject string
+		o       heartbeat.Observation
+	}{
+		{"unannounced publisher", "evil", heartbeat.Observation{Gateway: "evil", StartedAt: time.Now().UTC(), Seq: 1, Failed: []heartbeat.ObservedFailure{real}}},
+		{"spoofed started_at of a real gateway", "gw-a", heartbeat.Observation{Gateway: "gw-a", StartedAt: fa.startedAt.Add(-time.Second), Seq: 1, Failed: []heartbeat.ObservedFailure{real}}},
+	} {
+		publishObservation(t, nc, tc.subject, tc.o)
+		eventually(t, 2*time.Second, func() bool { return ignored() == uint64(n+1) }, tc.name+" ignored and counted")
+		if b.health.failing(dial, time.Now()) {
+			t.Fatalf("%s: app1 marked failing", tc.name)
+		}
+	}
+	// the gateway id in the payload must be the subject's
+	publishObservation(t, nc, "evil", heartbeat.Observation{Gateway: "gw-a", StartedAt: fa.startedAt, Seq: 1, Failed: []heartbeat.ObservedFailure{real}})
+	eventually(t, 2*time.Second, func() bool { return b.stats.fleetMessage(fleetObservation, fleetRejected).Load() == 1 }, "a spoofed gateway id rejected")
+	// from the real gateway, but of an earlier process of the instance
+	publishObservation(t, nc, "gw-a", heartbeat.Observation{Gateway: "gw-a", StartedAt: fa.startedAt, Seq: 100,
+		Failed: []heartbeat.ObservedFailure{{ID: "app1", StartedAt: real.StartedAt.Add(-time.Hour)}}})
+	eventually(t, 2*time.Second, func() bool { return b.stats.fleetMessage(fleetObservation, fleetAccepted).Load() == 1 }, "the old process's observation heard")
+	if b.health.failing(dial, time.Now()) || b.stats.fleet.applied.Load() != 0 {
+		t.Fatal("a failure of an earlier process of app1 marked the current one failing")
+	}
+	// the real one, as a check that the refusals above could have failed
+	publishObservation(t, nc, "gw-a", heartbeat.Observation{Gateway: "gw-a", StartedAt: fa.startedAt, Seq: 101, Failed: []heartbeat.ObservedFailure{real}})
+	eventually(t, 2*time.Second, func() bool { return b.health.failing(dial, time.Now()) }, "gw-a's real observation applied")
+}
+
+// TestFleetFloodIsBounded: garbage and made-up gateways on gw.* and
+// obs.* are refused and counted at a bounded cost, and routing goes on.
+func TestFleetFloodIsBounded(t *testing.T) {
+	natsURL := startNATS(t)
+	nc := connect(t, natsURL)
+	app1 := startBackend(t, "app1")
+	i1 := newInstance(t, nc, "app1", app1.url, 0)
+	stop := i1.keepBeating()
+	defer stop()
+	b := fleetGateway(t, natsURL, "gw-b", nil)
+	routed(t, []string{"app1"}, b)
+	dial := memberDial(t, b, "app1")
+
+	const n = 10000
+	now := time.Now().UTC()
+	for k := range n {
+		var subject string
+		var data []byte
+		switch k % 4 {
+		case 0:
+			subject, data = heartbeat.GatewaySubject(heartbeat.DefaultPrefix, fmt.Sprintf("g%d", k)), []byte(`{"proto":1,"kind":"gateway","garbage`)
+		case 1: // valid, each from a new gateway id: capacity bounds them
+			m := heartbeat.GatewayMessage{Proto: heartbeat.Proto, Kind: heartbeat.KindGateway, ID: fmt.Sprintf("g%d", k),
+				State: "active", StartedAt: now, Seq: 1, IntervalMS: 1000, Primary: []string{"x"}}
+			data, _ = heartbeat.EncodeGateway(&m)
+			subject = heartbeat.GatewaySubject(heartbeat.DefaultPrefix, m.ID)
+		case 2:
+			subject, data = heartbeat.ObservationSubject(heartbeat.DefaultPrefix, fmt.Sprintf("o%d", k)), []byte(`{"proto":1,"kind":"observation","gateway":"x"}`)
+		case 3:
+			o := heartbeat.Observation{Proto: heartbeat.Proto, Kind: heartbeat.KindObservation, Gateway: fmt.Sprintf("o%d", k),
+				StartedAt: now, Seq: 1, Failed: []heartbeat.ObservedFailure{{ID: "app1", StartedAt: i1.msg.StartedAt}}}
+			data, _ = heartbeat.EncodeGateway(&o)
+			subject = heartbeat.ObservationSubject(heartbeat.DefaultPrefix, o.Gateway)
+		}
+		if err := nc.Publish(subject, data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = nc.Flush()
+	counted := func() uint64 {
+		var sum uint64
+		for k := range fleetKindNames {
+			for r := range fleetResultNames {
+				sum += b.stats.fleet.messages[k][r].Load()
+			}
+		}
+		return sum
+	}
+	eventually(t, 10*time.Second, func() bool { return counted() >= n }, fmt.Sprintf("%d flood messages counted", n))
+	if got := len(b.fleetNow().fleet.Gateways(time.Now())); got > membership.DefaultMaxGateways {
+		t.Errorf("the fleet holds %d gateways, more than %d", got, membership.DefaultMaxGateways)
+	}
+	if b.health.failing(dial, time.Now()) || b.stats.fleet.applied.Load() != 0 {
+		t.Error("a flooded observation marked app1 failing")
+	}
+	if got := b.primaryIDs(time.Now()); !slices.Equal(got, []string{"app1"}) {
+		t.Errorf("primary after the flood %v, want app1", got)
+	}
+	t.Logf("flood of %d: heartbeats accepted %d rejected %d ignored %d; observations accepted %d rejected %d ignored %d; gateways kept %d",
+		n, b.stats.fleet.messages[0][0].Load(), b.stats.fleet.messages[0][1].Load(), b.stats.fleet.messages[0][2].Load(),
+		b.stats.fleet.messages[1][0].Load(), b.stats.fleet.messages[1][1].Load(), b.stats.fleet.messages[1][2].Load(),
+		len(b.fleetNow().fleet.Gateways(time.Now())))
+}
+
+// TestFleetPrimaryChangeAnnouncedAtOnce: a gateway whose primary changes
+// publishes a heartbeat at once, not at the next period.
+func TestFleetPrimaryChangeAnnouncedAtOnce(t *testing.T) {
+	natsURL := startNATS(t)
+	nc := connect(t, natsURL)
+	app1, app2 := startBackend(t, "app1"), startBackend(t, "app2")
+	i1, i2 := newInstance(t, nc, "app1", app1.url, 0), newInstance(t, nc, "app2", app2.url, 1)
+	stop1, stop2 := i1.keepBeating(), i2.keepBeating()
+	defer stop1()
+	defer stop2()
+	a := fleetGateway(t, natsURL, "gw-a", nil)
+	routed(t, []string{"app1", "app2"}, a)
+	primaries := make(chan []string, 64)
+	sub, err := nc.Subscribe(heartbeat.GatewaySubject(heartbeat.DefaultPrefix, "gw-a"), func(msg *nats.Msg) {
+		if m, err := heartbeat.DecodeGateway(heartbeat.DefaultPrefix, msg.Subject, msg.Data); err == nil {
+			primaries <- m.Primary
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	_ = nc.Flush()
+	// wait for a periodic heartbeat naming app1, then change the primary
+	// just after it
+	for p := range primaries {
+		if slices.Equal(p, []string{"app1"}) {
+			break
+		}
+	}
+	start := time.Now()
+	a.health.fail(memberDial(t, a, "app1"), start)
+	deadline := time.After(2 * time.Second)
+	for {
+		select {
+		case p := <-primaries:
+			if slices.Equal(p, []string{"app2"}) {
+				took := time.Since(start)
+				t.Logf("primary change announced after %v", took)
+				if took > 200*time.Millisecond {
+					t.Errorf("primary change announced after %v, want well under 1s", took)
+				}
+				return
+			}
+		case <-deadline:
+			t.Fatal("no heartbeat naming app2 primary within 2s")
+		}
+	}
+}
+
+// TestFleetPeerPrimaryTriggersSweep: when a peer names another primary,
+// the gateway judges staleness at once instead of at its next sweep.
+func TestFleetPeerPrimaryTriggersSweep(t *testing.T) {
+	natsURL := startNATS(t)
+	nc := connect(t, natsURL)
+	// gw-b's registry is fed by hand and never swept by a watcher: only
+	// the peer's heartbeat can make it judge staleness
+	set := serviceSettings{membership: membership.Config{Prefix: heartbeat.DefaultPrefix, StaleAfter: 300 * time.Millisecond}, failTimeout: time.Minute}
+	b, err := newService(nil, &claim{owner: &App{GatewayID: "gw-b"}, settings: set, logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.mu.Lock()
+	b.startFleet(connect(t, natsURL))
+	b.mu.Unlock()
+	t.Cleanup(func() { b.stopFleet(); b.reg.Close() })
+	a := fleetGateway(t, natsURL, "gw-a", func(set *serviceSettings) { set.membership.StaleAfter = 300 * time.Millisecond })
+	knowEachOther(t, a, b)
+
+	app1, app2 := startBackend(t, "app1"), startBackend(t, "app2")
+	i1, i2 := newInstance(t, nc, "app1", app1.url, 0), newInstance(t, nc, "app2", app2.url, 1)
+	// app2's heartbeats reach gw-b's registry, without a sweeper
+	feed, err := nc.Subscribe(heartbeat.HeartbeatSubject(heartbeat.DefaultPrefix, "app2"), func(msg *nats.Msg) {
+		_ = b.reg.Observe(msg.Subject, msg.Data, time.Now())
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer feed.Unsubscribe()
+	_ = nc.Flush()
+	stop2 := i2.keepBeating()
+	defer stop2()
+	i1.beat(heartbeat.StateReady) // and never again
+	m := i1.msg
+	b.reg.Apply(&m, time.Now())
+	routed(t, []string{"app1", "app2"}, a, b)
+	heard := b.stats.fleet.messages[fleetHeartbeat][fleetAccepted].Load()
+	// gw-a sees app1 stale after 300ms and announces app2 at once; gw-b
+	// then sweeps and agrees
+	eventually(t, 3*time.Second, func() bool { return slices.Equal(a.primaryIDs(time.Now()), []string{"app2"}) }, "gw-a routing to app2")
+	start := time.Now()
+	eventually(t, 2*time.Second, func() bool { return slices.Equal(b.primaryIDs(time.Now()), []string{"app2"}) }, "gw-b routing to app2 after gw-a's heartbeat")
+	t.Logf("gw-b followed gw-a's primary %v after gw-a changed it", time.Since(start))
+	if m, _ := b.reg.Member("app1"); m.State != membership.StateStale {
+		t.Errorf("app1 on gw-b: %s, want stale", m.State)
+	}
+	if b.stats.fleet.messages[fleetHeartbeat][fleetAccepted].Load() == heard {
+		t.Error("no heartbeat of gw-a arrived")
+	}
+}
+
+// TestGatewaysAdmin: GET /cx/gateways lists the fleet of each service.
+func TestGatewaysAdmin(t *testing.T) {
+	natsURL := startNATS(t)
+	c := &claim{owner: &App{GatewayID: "gw-a"}, settings: serviceSettings{membership: membership.Config{Prefix: "fleet.admin"}}, logger: zap.NewNop()}
+	link := &natsLink{}
+	link.up.Store(true)
+	a, err := acquireService(link, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.release(c) })
+	if err := a.start(connect(t, natsURL)); err != nil {
+		t.Fatal(err)
+	}
+	b := fleetGateway(t, natsURL, "gw-b", func(set *serviceSettings) { set.membership.Prefix = "fleet.admin" })
+	knowEachOther(t, a, b)
+
+	w := httptest.NewRecorder()
+	if err := handleGateways(w, httptest.NewRequest("GET", "/cx/gateways", nil)); err != nil {
+		t.Fatal(err)
+	}
+	var rep struct {
+		Services []struct {
+			SubjectPrefix string            `json:"subject_prefix"`
+			Gateways      []json.RawMessage `json:"gateways"`
+			SplitView     *bool             `json:"split_view"`
+			Versions      []string          `json:"versions"`
+			Warnings      []string          `json:"warnings"`
+		} `json:"services"`
+		GatewayID   string    `json:"gateway_id"`
+		GeneratedAt time.Time `json:"generated_at"`
+	}
+	if err := json.Unmarshal(w.Body.Bytes(), &rep); err != nil {
+		t.Fatalf("%v\n%s", err, w.Body)
+	}
+	if w.Header().Get("Content-Type") != "application/json" || rep.GatewayID != "gw-a" || rep.GeneratedAt.IsZero() {
+		t.Fatalf("report: %s", w.Body)
+	}
+	var svc = -1
+	for i, s := range rep.Services {
+		if s.SubjectPrefix == "fleet.admin" {
+			svc = i
+		}
+	}
+	if svc < 0 {
+		t.Fatalf("no service fleet.admin in %s", w.Body)
+	}
+	s := rep.Services[svc]
+	if len(s.Gateways) != 2 || s.SplitView == nil || *s.SplitView || !slices.Equal(s.Versions, []string{"dev"}) || s.Warnings == nil {
+		t.Fatalf("service: %s", w.Body)
+	}
+	var gw map[string]any
+	_ = json.Unmarshal(s.Gateways[0], &gw)
+	for _, field := range []string{"id", "self", "state", "version", "started_at", "uptime_seconds", "heartbeat_age_seconds",
+		"stale_after_seconds", "nats_server", "nats_connected", "primary", "inflight", "control"} {
+		if _, ok := gw[field]; !ok {
+			t.Errorf("gateway JSON lacks %q: %s", field, s.Gateways[0])
+		}
+	}
+	if gw["id"] != "gw-a" || gw["self"] != true || gw["nats_connected"] != true {
+		t.Errorf("self entry: %s", s.Gateways[0])
+	}
+
+	w = httptest.NewRecorder()
+	err = handleGateways(w, httptest.NewRequest("POST", "/cx/gateways", nil))
+	if err == nil || !strings.Contains(err.Error(), "GET") {
+		t.Errorf("POST /cx/gateways: %v", err)
+	}
+}
