@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
 
@@ -554,5 +555,124 @@ func TestGatewaysAdmin(t *testing.T) {
 	err = handleGateways(w, httptest.NewRequest("POST", "/cx/gateways", nil))
 	if err == nil || !strings.Contains(err.Error(), "GET") {
 		t.Errorf("POST /cx/gateways: %v", err)
+	}
+}
+
+// TestFleetSharesRequestPathFailures: a request that fails at an instance
+// through one gateway (a real Caddy) takes the instance out of the
+// primary on another gateway, and share_failures off in the Caddyfile
+// keeps it to itself.
+func TestFleetSharesRequestPathFailures(t *testing.T) {
+	for _, share := range []string{"on", "off"} {
+		t.Run("share_failures "+share, func(t *testing.T) {
+			natsURL := startNATS(t)
+			nc := connect(t, natsURL)
+			port := freePort(t)
+			loadCaddyfile(t, fmt.Sprintf("{\n\tadmin off\n\tpersist_config off\n\tcx {\n\t\tnats %s\n\t\tgateway_id gw-a\n\t}\n}\n"+
+				"http://127.0.0.1:%d {\n\tcx_proxy {\n\t\tshare_failures %s\n\t\tfail_timeout 1m\n\t}\n}\n", natsURL, port, share))
+			t.Cleanup(func() { _ = caddy.Stop() })
+			base := fmt.Sprintf("http://127.0.0.1:%d", port)
+			b := fleetGateway(t, natsURL, "gw-b", nil)
+			a := serviceOf(t, heartbeat.DefaultPrefix)
+			if a.gatewayID() != "gw-a" {
+				t.Fatalf("gateway id %q", a.gatewayID())
+			}
+			app1, app2 := startBackend(t, "app1"), startBackend(t, "app2")
+			i1, i2 := newInstance(t, nc, "app1", app1.url, 0), newInstance(t, nc, "app2", app2.url, 1)
+			stop1, stop2 := i1.keepBeating(), i2.keepBeating()
+			defer stop1()
+			defer stop2()
+			knowEachOther(t, a, b)
+			routed(t, []string{"app1", "app2"}, a, b)
+			servedBy(t, base, "app1", 5*time.Second)
+			dial := memberDial(t, b, "app1")
+
+			app1.failing.Store(true)
+			start := time.Now()
+			if got, code := get(t, "GET", base); got != "app2" || code != 200 {
+				t.Fatalf("GET with app1 failing: %q %d, want app2 200", got, code)
+			}
+			if share == "off" {
+				// gw-a heard: its heartbeat names app2 primary, while gw-b
+				// still routes to app1
+				eventually(t, 2*time.Second, func() bool {
+					g, _ := peerOf(b, "gw-a")
+					return slices.Equal(g.Primary, []string{"app2"})
+				}, "gw-a announcing app2")
+				if b.health.failing(dial, time.Now()) {
+					t.Fatal("gw-b marked app1 failing with share_failures off on gw-a")
+				}
+				return
+			}
+			eventually(t, 2*time.Second, func() bool { return b.health.failing(dial, time.Now()) }, "app1 failing on gw-b")
+			took := time.Since(start)
+			t.Logf("a failed request through gw-a marked app1 failing on gw-b %v after the request started", took)
+			if took > 100*time.Millisecond {
+				t.Errorf("took %v, want ≤ 100ms", took)
+			}
+			if got := b.primaryIDs(time.Now()); !slices.Equal(got, []string{"app2"}) {
+				t.Errorf("gw-b's primary %v, want app2", got)
+			}
+		})
+	}
+}
+
+// TestFleetWarnings: a split view longer than 2s names each gateway's
+// primary; mixed versions and a gateway id claimed twice are warned of.
+func TestFleetWarnings(t *testing.T) {
+	natsURL := startNATS(t)
+	nc := connect(t, natsURL)
+	app1 := startBackend(t, "app1")
+	i1 := newInstance(t, nc, "app1", app1.url, 0)
+	stop := i1.keepBeating()
+	defer stop()
+	b := fleetGateway(t, natsURL, "gw-b", nil)
+	routed(t, []string{"app1"}, b)
+
+	peer := heartbeat.GatewayMessage{Proto: heartbeat.Proto, Kind: heartbeat.KindGateway, ID: "gw-x", State: "active",
+		StartedAt: time.Now().UTC(), IntervalMS: 1000, Version: "9.9", Primary: []string{"other"}}
+	var last time.Time
+	beat := func() {
+		if time.Since(last) < 100*time.Millisecond {
+			return
+		}
+		last = time.Now()
+		peer.Seq++
+		data, _ := heartbeat.EncodeGateway(&peer)
+		_ = nc.Publish(heartbeat.GatewaySubject(heartbeat.DefaultPrefix, peer.ID), data)
+		_ = nc.Flush()
+	}
+	beat()
+	since := time.Now()
+	var warnings []string
+	eventually(t, 5*time.Second, func() bool {
+		beat()
+		warnings = b.fleetWarnings(time.Now())
+		return len(warnings) >= 2
+	}, "a split view and mixed versions warned of")
+	if took := time.Since(since); took < membership.SplitViewAfter {
+		t.Errorf("split view warned of after %v, before %v", took, membership.SplitViewAfter)
+	}
+	text := strings.Join(warnings, "\n")
+	for _, want := range []string{"split view", "gw-x → other", "gw-b → app1", "different versions: 9.9 (gw-x), dev (gw-b)"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("warnings do not say %q:\n%s", want, text)
+		}
+	}
+	if st := b.fleetStatus(time.Now()); !st.SplitView || st.SplitSince.IsZero() || !slices.Equal(st.Versions, []string{"9.9", "dev"}) {
+		t.Errorf("fleet status: %+v", st)
+	}
+
+	// another process claiming gw-b, started earlier than this one
+	impostor := heartbeat.GatewayMessage{Proto: heartbeat.Proto, Kind: heartbeat.KindGateway, ID: "gw-b", State: "active",
+		StartedAt: b.fleetNow().startedAt.Add(-time.Minute), Seq: 1, IntervalMS: 1000}
+	data, _ := heartbeat.EncodeGateway(&impostor)
+	_ = nc.Publish(heartbeat.GatewaySubject(heartbeat.DefaultPrefix, "gw-b"), data)
+	_ = nc.Flush()
+	eventually(t, 2*time.Second, func() bool {
+		return strings.Contains(strings.Join(b.fleetWarnings(time.Now()), "\n"), "two gateway processes claim gateway_id gw-b")
+	}, "the id conflict warned of")
+	if self, _ := peerOf(b, "gw-b"); !self.Self || !self.StartedAt.Equal(b.fleetNow().startedAt) {
+		t.Errorf("the impostor replaced this gateway's own entry: %+v", self)
 	}
 }
