@@ -203,6 +203,9 @@ func (f *fleetState) run() {
 		case <-f.done:
 			return
 		case now := <-period.C:
+			if f.renamed() {
+				return
+			}
 			f.reportDropped()
 			if time.Duration(now.UnixNano()-f.lastBeat.Load()) >= heartbeat.DefaultGatewayPeriod/2 {
 				f.beat(now, heartbeat.GatewayStateActive)
@@ -221,6 +224,28 @@ func (f *fleetState) run() {
 			f.flushLater(window, now)
 		}
 	}
+}
+
+// renamed starts the fleet anew, off run's goroutine, when a reload gave
+// the gateway another gateway_id: the old id says it leaves, the new one
+// joins with a new started_at.
+func (f *fleetState) renamed() bool {
+	s := f.svc
+	id := s.gatewayID()
+	if id == f.self {
+		return false
+	}
+	s.log.logger.Info("gateway_id changed by a reload: leaving the fleet as the old id, joining as the new one",
+		zap.String("old", f.self), zap.String("new", id))
+	go func() {
+		s.stopFleet()
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.watcher != nil { // not destructed meanwhile
+			s.startFleet(f.nc)
+		}
+	}()
+	return true
 }
 
 // beatIfChanged publishes a heartbeat when the primary differs from the

@@ -3,7 +3,9 @@ package caddymodule
 import (
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -324,20 +326,47 @@ func TestFleetRefusesSpoofedObservations(t *testing.T) {
 }
 
 // TestFleetFloodIsBounded: garbage and made-up gateways on gw.* and
-// obs.* are refused and counted at a bounded cost, and routing goes on.
+// obs.* are refused and counted at a bounded cost, while requests through
+// the gateway go on being served by the healthy instance.
 func TestFleetFloodIsBounded(t *testing.T) {
 	natsURL := startNATS(t)
+	base := gateway(t, natsURL, "http://127.0.0.1:{PORT} {\n\tcx_proxy\n}")
 	nc := connect(t, natsURL)
 	app1 := startBackend(t, "app1")
 	i1 := newInstance(t, nc, "app1", app1.url, 0)
 	stop := i1.keepBeating()
 	defer stop()
-	b := fleetGateway(t, natsURL, "gw-b", nil)
-	routed(t, []string{"app1"}, b)
+	b := serviceOf(t, heartbeat.DefaultPrefix)
+	servedBy(t, base, "app1", 5*time.Second)
 	dial := memberDial(t, b, "app1")
+	counted := func() uint64 {
+		var sum uint64
+		for k := range fleetKindNames {
+			for r := range fleetResultNames {
+				sum += b.stats.fleet.messages[k][r].Load()
+			}
+		}
+		return sum
+	}
+	var served, failed sync.Map
+	var once sync.Once
+	stopAll := getsInBackground(base, func(resp *http.Response, err error) {
+		if err == nil && resp.StatusCode == 200 && resp.Header.Get("X-Instance") == "app1" {
+			served.Store(time.Now().UnixNano(), true)
+		} else {
+			failed.Store(time.Now().UnixNano(), fmt.Sprint(resp, err))
+		}
+	})
+	stopGets := func() { once.Do(stopAll) }
+	defer stopGets()
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	already := counted()
 
 	const n = 10000
 	now := time.Now().UTC()
+	flood := connect(t, natsURL)
 	for k := range n {
 		var subject string
 		var data []byte
@@ -357,34 +386,64 @@ func TestFleetFloodIsBounded(t *testing.T) {
 			data, _ = heartbeat.EncodeGateway(&o)
 			subject = heartbeat.ObservationSubject(heartbeat.DefaultPrefix, o.Gateway)
 		}
-		if err := nc.Publish(subject, data); err != nil {
+		if err := flood.Publish(subject, data); err != nil {
 			t.Fatal(err)
 		}
 	}
-	_ = nc.Flush()
-	counted := func() uint64 {
-		var sum uint64
-		for k := range fleetKindNames {
-			for r := range fleetResultNames {
-				sum += b.stats.fleet.messages[k][r].Load()
-			}
-		}
-		return sum
-	}
-	eventually(t, 10*time.Second, func() bool { return counted() >= n }, fmt.Sprintf("%d flood messages counted", n))
+	_ = flood.Flush()
+	eventually(t, 10*time.Second, func() bool { return counted()-already >= n }, fmt.Sprintf("%d flood messages counted", n))
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	growth := int64(after.HeapAlloc) - int64(before.HeapAlloc)
+	stopGets()
+
 	if got := len(b.fleetNow().fleet.Gateways(time.Now())); got > membership.DefaultMaxGateways {
 		t.Errorf("the fleet holds %d gateways, more than %d", got, membership.DefaultMaxGateways)
 	}
 	if b.health.failing(dial, time.Now()) || b.stats.fleet.applied.Load() != 0 {
 		t.Error("a flooded observation marked app1 failing")
 	}
-	if got := b.primaryIDs(time.Now()); !slices.Equal(got, []string{"app1"}) {
-		t.Errorf("primary after the flood %v, want app1", got)
+	nServed, nFailed := 0, 0
+	served.Range(func(any, any) bool { nServed++; return true })
+	failed.Range(func(_, v any) bool {
+		if nFailed == 0 {
+			t.Errorf("a request during the flood: %v", v)
+		}
+		nFailed++
+		return true
+	})
+	if nServed == 0 || nFailed > 0 {
+		t.Errorf("requests during the flood: %d served by app1, %d not", nServed, nFailed)
 	}
-	t.Logf("flood of %d: heartbeats accepted %d rejected %d ignored %d; observations accepted %d rejected %d ignored %d; gateways kept %d",
-		n, b.stats.fleet.messages[0][0].Load(), b.stats.fleet.messages[0][1].Load(), b.stats.fleet.messages[0][2].Load(),
-		b.stats.fleet.messages[1][0].Load(), b.stats.fleet.messages[1][1].Load(), b.stats.fleet.messages[1][2].Load(),
-		len(b.fleetNow().fleet.Gateways(time.Now())))
+	if growth > 16<<20 {
+		t.Errorf("the heap grew by %d bytes over the flood", growth)
+	}
+	m := &b.stats.fleet.messages
+	t.Logf("flood of %d: heartbeats accepted %d rejected %d ignored %d; observations accepted %d rejected %d ignored %d; gateways kept %d; heap growth %d KiB; %d requests served during it",
+		n, m[0][0].Load(), m[0][1].Load(), m[0][2].Load(), m[1][0].Load(), m[1][1].Load(), m[1][2].Load(),
+		len(b.fleetNow().fleet.Gateways(time.Now())), growth>>10, nServed)
+}
+
+// TestFleetGatewayIDChangedByReload: the service leaves the fleet under
+// its old id and joins under the new one.
+func TestFleetGatewayIDChangedByReload(t *testing.T) {
+	natsURL := startNATS(t)
+	a := fleetGateway(t, natsURL, "gw-a", nil)
+	b := fleetGateway(t, natsURL, "gw-b", nil)
+	knowEachOther(t, a, b)
+	a.mu.Lock()
+	renamed := *a.applied
+	renamed.owner = &App{GatewayID: "gw-a2"}
+	a.applied = &renamed
+	a.mu.Unlock()
+	eventually(t, 5*time.Second, func() bool {
+		old, _ := peerOf(b, "gw-a")
+		now, ok := peerOf(b, "gw-a2")
+		return old.State == "left" && ok && now.State == "active"
+	}, "gw-a left and gw-a2 active")
+	if self, _ := peerOf(a, "gw-a2"); !self.Self {
+		t.Errorf("gw-a2 does not know itself: %+v", a.gatewayStatus(time.Now()))
+	}
 }
 
 // TestFleetPrimaryChangeAnnouncedAtOnce: a gateway whose primary changes
