@@ -158,6 +158,13 @@ func (f *fleetState) onEvent(ev membership.FleetEvent) {
 	f.svc.logFleetEvent(ev)
 }
 
+// fleetRefusals are the log messages of refused fleet messages.
+var fleetRefusals = map[membership.FleetEventKind]string{
+	membership.FleetRejected: "gateway heartbeat rejected",
+	membership.FleetConflict: "gateway id conflict",
+	membership.FleetIgnored:  "gateway observation ignored",
+}
+
 // logFleetEvent logs ev through the service's rate limits: changes at
 // info, refusals as rate-limited warnings (publishers make them).
 func (s *Service) logFleetEvent(ev membership.FleetEvent) {
@@ -169,8 +176,12 @@ func (s *Service) logFleetEvent(ev membership.FleetEvent) {
 			l.logger.Info("gateway fleet", append(fields, notLogged(n)...)...)
 		}
 	default:
+		msg := fleetRefusals[ev.Kind]
+		if msg == "" {
+			msg = "gateway fleet: " + string(ev.Kind)
+		}
 		if n, ok := l.due("fleet:" + string(ev.Kind) + ":" + ev.Reason); ok {
-			l.logger.Warn("gateway fleet: message refused", append(fields, zap.String("reason", ev.Reason),
+			l.logger.Warn(msg, append(fields, zap.String("reason", ev.Reason),
 				zap.String("detail", clip(ev.Detail)), zap.Int("similar_not_logged", n))...)
 		}
 	}

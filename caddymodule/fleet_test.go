@@ -14,6 +14,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/zap"
 
 	"github.com/caddy-cx/caddy-cx/heartbeat"
@@ -718,6 +720,12 @@ func TestFleetWarnings(t *testing.T) {
 			t.Errorf("warnings do not say %q:\n%s", want, text)
 		}
 	}
+	if got := fleetGauge(t, b, descSplitView); got != 1 {
+		t.Errorf("caddy_cx_fleet_split_view %v, want 1", got)
+	}
+	if got := fleetGauge(t, b, descGateways, "active"); got != 2 {
+		t.Errorf(`caddy_cx_gateways{state="active"} %v, want 2`, got)
+	}
 	if st := b.fleetStatus(time.Now()); !st.SplitView || st.SplitSince.IsZero() || !slices.Equal(st.Versions, []string{"9.9", "dev"}) {
 		t.Errorf("fleet status: %+v", st)
 	}
@@ -734,4 +742,29 @@ func TestFleetWarnings(t *testing.T) {
 	if self, _ := peerOf(b, "gw-b"); !self.Self || !self.StartedAt.Equal(b.fleetNow().startedAt) {
 		t.Errorf("the impostor replaced this gateway's own entry: %+v", self)
 	}
+}
+
+// fleetGauge is the value of the fleet metric desc of s whose last label
+// is label (when given).
+func fleetGauge(t testing.TB, s *Service, desc *prometheus.Desc, label ...string) float64 {
+	t.Helper()
+	ch := make(chan prometheus.Metric, 64)
+	collectFleet(ch, s, time.Now())
+	close(ch)
+	for m := range ch {
+		if m.Desc() != desc {
+			continue
+		}
+		var out dto.Metric
+		if err := m.Write(&out); err != nil {
+			t.Fatal(err)
+		}
+		pairs := out.GetLabel()
+		if len(label) > 0 && pairs[len(pairs)-1].GetValue() != label[0] {
+			continue
+		}
+		return out.GetGauge().GetValue()
+	}
+	t.Fatalf("no metric %v %v", desc, label)
+	return 0
 }
