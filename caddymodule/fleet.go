@@ -67,11 +67,16 @@ type fleetState struct {
 	wg   sync.WaitGroup
 
 	mu sync.Mutex
-	// pending are the dials that failed a request here, not yet
-	// published, in order (pendingSet mirrors it).
-	pending    []string
-	pendingSet map[string]struct{}
-	lastObs    time.Time
+	// failed are the dials that failed a request here since run last
+	// looked (failedSet mirrors it).
+	failed    []string
+	failedSet map[string]struct{}
+	// ready are the failed processes waiting for the next observation,
+	// in order (readySet mirrors it), and lastObs when the last
+	// observation went out; run's goroutine only.
+	ready    []heartbeat.ObservedFailure
+	readySet map[heartbeat.ObservedFailure]struct{}
+	lastObs  time.Time
 	// conflictAt and conflictID are the last gateway id conflict heard.
 	conflictAt time.Time
 	conflictID string
@@ -121,7 +126,8 @@ func (s *Service) startFleet(nc *nats.Conn) {
 		self = s.applied.owner.GatewayID
 	}
 	f := &fleetState{svc: s, nc: nc, self: self, startedAt: time.Now().UTC().Round(0), version: gatewayVersion(),
-		kick: make(chan struct{}, 1), done: make(chan struct{}), pendingSet: map[string]struct{}{}}
+		kick: make(chan struct{}, 1), done: make(chan struct{}), 
+		failedSet: map[string]struct{}{}, readySet: map[heartbeat.ObservedFailure]struct{}{}}
 	f.fleet = membership.NewFleet(membership.FleetConfig{Prefix: s.prefix, Self: self, OnEvent: f.onEvent})
 	var err error
 	if f.gwSub, err = nc.Subscribe(heartbeat.GatewayWildcard(s.prefix), f.onGatewayMsg); err == nil {

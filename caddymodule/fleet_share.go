@@ -14,17 +14,17 @@ import (
 // message (the rest wait for the next window).
 const observationWindow = 100 * time.Millisecond
 
-// maxPendingFailures bounds the addresses waiting to be published: far
-// more than one gateway can route to within a window.
+// maxPendingFailures bounds the addresses, and the processes, waiting to
+// be published: far more than one gateway routes to within a window.
 const maxPendingFailures = 1024
 
 // queueFailure is passive health's hook: dial failed a request here. It
 // runs on the request path, so it only queues and wakes the publisher.
 func (f *fleetState) queueFailure(dial string) {
 	f.mu.Lock()
-	if _, ok := f.pendingSet[dial]; !ok && len(f.pending) < maxPendingFailures {
-		f.pendingSet[dial] = struct{}{}
-		f.pending = append(f.pending, dial)
+	if _, ok := f.failedSet[dial]; !ok && len(f.failed) < maxPendingFailures {
+		f.failedSet[dial] = struct{}{}
+		f.failed = append(f.failed, dial)
 	}
 	f.mu.Unlock()
 	select {
@@ -33,86 +33,79 @@ func (f *fleetState) queueFailure(dial string) {
 	}
 }
 
-// flushLater publishes the failures queued if the window allows it now,
-// else arms window for the end of it.
+// flushLater names the processes that failed at once (an instance that
+// restarts within the window must not be reported as its new process),
+// then publishes them if the window allows it now, else arms window for
+// the end of it. It runs on run's goroutine.
 func (f *fleetState) flushLater(window *time.Timer, now time.Time) {
-	f.mu.Lock()
-	empty := len(f.pending) == 0
-	var wait time.Duration
-	if !f.lastObs.IsZero() {
-		wait = observationWindow - now.Sub(f.lastObs)
+	f.resolve()
+	if len(f.ready) == 0 {
+		return
 	}
-	f.mu.Unlock()
-	switch {
-	case empty:
-	case wait > 0:
+	if wait := observationWindow - now.Sub(f.lastObs); !f.lastObs.IsZero() && wait > 0 {
 		window.Reset(wait)
-	case f.flush(now):
+		return
+	}
+	f.flush(now)
+	if len(f.ready) > 0 {
 		window.Reset(observationWindow)
 	}
 }
 
-// flush publishes one observation of the failures queued, and reports
-// whether more remain.
-func (f *fleetState) flush(now time.Time) (more bool) {
+// resolve moves the dials that failed to the processes routed at them
+// (several ids may share an address). An address no longer routed is
+// dropped: its instance is gone or out of routing already.
+func (f *fleetState) resolve() {
 	f.mu.Lock()
-	dials := f.pending
-	f.pending, f.pendingSet = nil, map[string]struct{}{}
+	dials := f.failed
+	f.failed, f.failedSet = nil, map[string]struct{}{}
 	f.mu.Unlock()
-	if !f.svc.sharesFailures() {
-		return false
+	if len(dials) == 0 {
+		return
 	}
-	failed, rest := f.svc.failuresAt(dials)
-	if len(rest) > 0 {
-		f.mu.Lock()
-		for _, d := range rest {
-			if _, ok := f.pendingSet[d]; !ok {
-				f.pendingSet[d] = struct{}{}
-				f.pending = append(f.pending, d)
-			}
+	want := make(map[string]bool, len(dials))
+	for _, d := range dials {
+		want[d] = true
+	}
+	for _, r := range f.svc.reg.Snapshot().Routes {
+		if !want[r.Dial] || len(f.ready) >= maxPendingFailures {
+			continue
 		}
-		more = true
-		f.mu.Unlock()
+		m, ok := f.svc.reg.Member(r.ID)
+		if !ok {
+			continue
+		}
+		failed := heartbeat.ObservedFailure{ID: r.ID, StartedAt: m.StartedAt}
+		if _, dup := f.readySet[failed]; !dup {
+			f.readySet[failed] = struct{}{}
+			f.ready = append(f.ready, failed)
+		}
 	}
-	if len(failed) == 0 {
-		return more
+}
+
+// flush publishes one observation of at most MaxObservedFailures of the
+// failures ready; with share_failures off they are dropped.
+func (f *fleetState) flush(now time.Time) {
+	n := min(len(f.ready), heartbeat.MaxObservedFailures)
+	batch := f.ready[:n:n]
+	f.ready = append([]heartbeat.ObservedFailure(nil), f.ready[n:]...)
+	for _, failed := range batch {
+		delete(f.readySet, failed)
+	}
+	if !f.svc.sharesFailures() {
+		f.ready, f.readySet = nil, map[heartbeat.ObservedFailure]struct{}{}
+		return
 	}
 	o := heartbeat.Observation{Proto: heartbeat.Proto, Kind: heartbeat.KindObservation, Gateway: f.self,
-		StartedAt: f.startedAt, Seq: f.obsSeq.Add(1), Failed: failed}
+		StartedAt: f.startedAt, Seq: f.obsSeq.Add(1), Failed: batch}
 	data, err := heartbeat.EncodeGateway(&o)
 	if err != nil {
-		return more
+		return
 	}
-	f.mu.Lock()
 	f.lastObs = now
-	f.mu.Unlock()
 	if err := f.nc.Publish(heartbeat.ObservationSubject(f.svc.prefix, f.self), data); err != nil {
 		if n, ok := f.svc.log.due("fleet:publish"); ok {
 			f.svc.log.logger.Warn("publishing observed failures", zap.Error(err), zap.Int("similar_not_logged", n))
 		}
 	}
-	return more
-}
-
-// failuresAt names the processes routed at dials (several ids may share
-// an address), at most heartbeat.MaxObservedFailures; the dials that did
-// not fit are returned. An address no longer routed is dropped: its
-// instance is gone or out of routing already.
-func (s *Service) failuresAt(dials []string) (failed []heartbeat.ObservedFailure, rest []string) {
-	byDial := map[string][]string{}
-	for _, r := range s.reg.Snapshot().Routes {
-		byDial[r.Dial] = append(byDial[r.Dial], r.ID)
-	}
-	for i, dial := range dials {
-		ids := byDial[dial]
-		if len(failed)+len(ids) > heartbeat.MaxObservedFailures && len(failed) > 0 {
-			return failed, dials[i:]
-		}
-		for _, id := range ids {
-			if m, ok := s.reg.Member(id); ok && len(failed) < heartbeat.MaxObservedFailures {
-				failed = append(failed, heartbeat.ObservedFailure{ID: id, StartedAt: m.StartedAt})
-			}
-		}
-	}
-	return failed, nil
 }

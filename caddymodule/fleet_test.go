@@ -184,7 +184,7 @@ func TestFleetSharesFailures(t *testing.T) {
 	for round := range 5 {
 		start := time.Now()
 		a.health.fail(dial, start) // as the request path counts it
-		eventually(t, 2*time.Second, func() bool { return b.health.failing(dial, time.Now()) }, "app1 failing on gw-b")
+		pollFor(t, 2*time.Second, func() bool { return b.health.failing(dial, time.Now()) }, "app1 failing on gw-b")
 		took := time.Since(start)
 		worst = max(worst, took)
 		t.Logf("round %d: failure on gw-a marked app1 failing on gw-b after %v", round, took)
@@ -665,7 +665,7 @@ func TestFleetSharesRequestPathFailures(t *testing.T) {
 				}
 				return
 			}
-			eventually(t, 2*time.Second, func() bool { return b.health.failing(dial, time.Now()) }, "app1 failing on gw-b")
+			pollFor(t, 2*time.Second, func() bool { return b.health.failing(dial, time.Now()) }, "app1 failing on gw-b")
 			took := time.Since(start)
 			t.Logf("a failed request through gw-a marked app1 failing on gw-b %v after the request started", took)
 			if took > 100*time.Millisecond {
@@ -767,4 +767,85 @@ func fleetGauge(t testing.TB, s *Service, desc *prometheus.Desc, label ...string
 	}
 	t.Fatalf("no metric %v %v", desc, label)
 	return 0
+}
+
+// TestFleetObservationsCoalesced: the first failure goes out at once,
+// those after it at the end of the 100 ms window, at most 32 a message.
+func TestFleetObservationsCoalesced(t *testing.T) {
+	natsURL := startNATS(t)
+	nc := connect(t, natsURL)
+	a := fleetGateway(t, natsURL, "gw-a", nil)
+	var ids []string
+	for k := range 40 {
+		id := fmt.Sprintf("app%d", k)
+		ids = append(ids, id)
+		// never dialed: the failures are counted by hand
+		i := newInstance(t, nc, id, fmt.Sprintf("http://127.0.0.1:%d", 20000+k), 0)
+		i.msg.IntervalMS = 1000
+		i.beat(heartbeat.StateReady)
+	}
+	routed(t, ids, a)
+	type msg struct {
+		at time.Time
+		n  int
+	}
+	got := make(chan msg, 16)
+	sub, err := nc.Subscribe(heartbeat.ObservationSubject(heartbeat.DefaultPrefix, "gw-a"), func(m *nats.Msg) {
+		o, err := heartbeat.DecodeObservation(heartbeat.DefaultPrefix, m.Subject, m.Data)
+		if err != nil {
+			t.Errorf("observation does not decode: %v", err)
+			return
+		}
+		got <- msg{time.Now(), len(o.Failed)}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	_ = nc.Flush()
+
+	start := time.Now()
+	for _, id := range ids {
+		a.health.fail(memberDial(t, a, id), time.Now())
+	}
+	var sizes []int
+	var at []time.Duration
+	for total := 0; total < len(ids); {
+		select {
+		case m := <-got:
+			sizes = append(sizes, m.n)
+			at = append(at, m.at.Sub(start))
+			total += m.n
+		case <-time.After(2 * time.Second):
+			t.Fatalf("observations so far %v at %v", sizes, at)
+		}
+	}
+	t.Logf("40 failures published as %v at %v", sizes, at)
+	// how many the first takes depends on how many were queued when the
+	// publisher woke
+	if len(sizes) > 3 || slices.Max(sizes) > heartbeat.MaxObservedFailures {
+		t.Errorf("observations of %v failures, want at most 3 of at most 32", sizes)
+	}
+	if at[0] > 50*time.Millisecond {
+		t.Errorf("the first failure went out after %v, want at once", at[0])
+	}
+	for k := 1; k < len(at); k++ {
+		if gap := at[k] - at[k-1]; gap < 90*time.Millisecond {
+			t.Errorf("observations %d and %d only %v apart, want the 100ms window", k-1, k, gap)
+		}
+	}
+}
+
+// pollFor polls cond finely (a latency is measured) until it holds, and
+// returns how long that took.
+func pollFor(t testing.TB, within time.Duration, cond func() bool, what string) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > within {
+			t.Fatalf("timed out after %v waiting for %s", within, what)
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+	return time.Since(start)
 }
