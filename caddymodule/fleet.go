@@ -204,6 +204,17 @@ func (f *fleetState) run() {
 	var seenSnap *membership.Snapshot
 	var seenHealth uint64
 	var derived time.Time
+	// checkPrimary derives the primary only when what it depends on moved
+	// (or marks may have expired), and announces a change.
+	checkPrimary := func(now time.Time) {
+		snap, gen := f.svc.reg.Snapshot(), f.svc.health.generation()
+		if snap == seenSnap && gen == seenHealth && now.Sub(derived) < primaryRecheckEvery && !f.wantBeat.Load() {
+			return
+		}
+		if f.beatIfChanged(now) {
+			seenSnap, seenHealth, derived = snap, gen, now
+		}
+	}
 	for {
 		select {
 		case <-f.done:
@@ -217,15 +228,12 @@ func (f *fleetState) run() {
 				f.beat(now, heartbeat.GatewayStateActive)
 			}
 		case now := <-check.C:
-			snap, gen := f.svc.reg.Snapshot(), f.svc.health.generation()
-			if snap == seenSnap && gen == seenHealth && now.Sub(derived) < primaryRecheckEvery && !f.wantBeat.Load() {
-				continue
-			}
-			if f.beatIfChanged(now) {
-				seenSnap, seenHealth, derived = snap, gen, now
-			}
+			checkPrimary(now)
 		case <-f.kick:
-			f.flushLater(window, time.Now())
+			// a failure counted or applied: the primary may have moved
+			now := time.Now()
+			f.flushLater(window, now)
+			checkPrimary(now)
 		case now := <-window.C:
 			f.flushLater(window, now)
 		}

@@ -117,12 +117,14 @@ func (f *fleetState) onObservationMsg(msg *nats.Msg) {
 		return
 	}
 	st.fleetMessage(fleetObservation, fleetAccepted).Add(1)
-	f.svc.applyObservation(o, now)
+	if f.svc.applyObservation(o, now) > 0 {
+		f.wake()
+	}
 }
 
 // applyObservation marks failing, for this gateway's fail_timeout, the
 // instances of o whose process is the one this gateway knows.
-func (s *Service) applyObservation(o *heartbeat.Observation, now time.Time) {
+func (s *Service) applyObservation(o *heartbeat.Observation, now time.Time) (applied int) {
 	for _, failed := range o.Failed {
 		m, ok := s.reg.Member(failed.ID)
 		if !ok || m.State != membership.StateActive || !m.StartedAt.Equal(failed.StartedAt) {
@@ -130,7 +132,9 @@ func (s *Service) applyObservation(o *heartbeat.Observation, now time.Time) {
 		}
 		s.health.mark(m.Dial, now)
 		s.stats.fleet.applied.Add(1)
+		applied++
 	}
+	return applied
 }
 
 // sharesFailures reports whether the service shares failures with its

@@ -27,6 +27,11 @@ func (f *fleetState) queueFailure(dial string) {
 		f.failed = append(f.failed, dial)
 	}
 	f.mu.Unlock()
+	f.wake()
+}
+
+// wake asks run to publish what is queued and look at the primary.
+func (f *fleetState) wake() {
 	select {
 	case f.kick <- struct{}{}:
 	default:
