@@ -126,7 +126,7 @@ func (s *Service) startFleet(nc *nats.Conn) {
 		self = s.applied.owner.GatewayID
 	}
 	f := &fleetState{svc: s, nc: nc, self: self, startedAt: time.Now().UTC().Round(0), version: gatewayVersion(),
-		kick: make(chan struct{}, 1), done: make(chan struct{}), 
+		kick: make(chan struct{}, 1), done: make(chan struct{}),
 		failedSet: map[string]struct{}{}, readySet: map[heartbeat.ObservedFailure]struct{}{}}
 	f.fleet = membership.NewFleet(membership.FleetConfig{Prefix: s.prefix, Self: self, OnEvent: f.onEvent})
 	var err error
