@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -848,4 +849,41 @@ func pollFor(t testing.TB, within time.Duration, cond func() bool, what string) 
 		time.Sleep(100 * time.Microsecond)
 	}
 	return time.Since(start)
+}
+
+// TestShareFailuresOption: the Caddyfile option maps onto the JSON field
+// and the service's settings, and two sites of one prefix must agree.
+func TestShareFailuresOption(t *testing.T) {
+	adapt := func(src string) (string, error) {
+		cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(src), nil)
+		return string(cfg), err
+	}
+	cfg, err := adapt(":8080 {\n\tcx_proxy {\n\t\tshare_failures off\n\t}\n}\n")
+	if err != nil || !strings.Contains(cfg, `"share_failures":false`) {
+		t.Fatalf("share_failures off adapts to %s (%v)", cfg, err)
+	}
+	cfg, err = adapt(":8080 {\n\treverse_proxy {\n\t\tdynamic cx {\n\t\t\tshare_failures on\n\t\t}\n\t}\n}\n")
+	if err != nil || !strings.Contains(cfg, `"share_failures":true`) {
+		t.Fatalf("share_failures on adapts to %s (%v)", cfg, err)
+	}
+	off := false
+	u := Upstreams{ShareFailures: &off}
+	if _, err := u.config(); err != nil {
+		t.Fatal(err)
+	}
+	natsURL := startNATS(t)
+	err = caddyLoadErr(fmt.Sprintf("{\n\tadmin off\n\tpersist_config off\n\tcx {\n\t\tnats %s\n\t}\n}\n"+
+		":%d {\n\tcx_proxy {\n\t\tshare_failures off\n\t}\n}\n:%d {\n\tcx_proxy\n}\n", natsURL, freePort(t), freePort(t)))
+	t.Cleanup(func() { _ = caddy.Stop() })
+	if err == nil || !strings.Contains(err.Error(), "share_failures off vs on") && !strings.Contains(err.Error(), "share_failures on vs off") {
+		t.Fatalf("two sites of one prefix with different share_failures: %v", err)
+	}
+}
+
+func caddyLoadErr(src string) error {
+	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(src), nil)
+	if err != nil {
+		return err
+	}
+	return caddy.Load(cfg, true)
 }
