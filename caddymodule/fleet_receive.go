@@ -57,9 +57,9 @@ func (f *fleetState) onGatewayMsg(msg *nats.Msg) {
 	m, err := f.fleet.ObserveGateway(msg.Subject, msg.Data, now)
 	st := f.svc.stats
 	switch {
-	case err == nil:
+	case err == nil && m != nil:
 		st.fleetMessage(fleetHeartbeat, fleetAccepted).Add(1)
-	case errorIsNoise(err):
+	case err == nil || errorIsNoise(err):
 		// an older seq, or a leaving of a gateway never heard: harmless
 		st.fleetMessage(fleetHeartbeat, fleetIgnored).Add(1)
 		return

@@ -79,7 +79,9 @@
 		var gws = svc.gateways || [];
 		if (!gws.length) return null;
 		var self = gws.filter(function (g) { return g.self; })[0];
+		if (self) self.primary = self.primary || [];
 		var rows = gws.map(function (g) {
+			g.primary = g.primary || [];
 			var id = [el("strong", { text: g.id })];
 			if (g.self) id.push(" ", el("span", { "class": "badge serving", text: "served this page" }));
 			var differs = self && !g.self && g.state === "active" && !sameIDs(g.primary, self.primary);
