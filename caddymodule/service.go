@@ -232,8 +232,9 @@ func (s *Service) start(nc *nats.Conn) error {
 	}
 	s.watcher = w
 	s.warmUntil.Store(time.Now().Add(WarmUp).UnixNano())
-	s.startFleet(nc)
+	// control first: the fleet's publishing loop reads s.control
 	s.startControl(nc)
+	s.startFleet(nc)
 	return nil
 }
 

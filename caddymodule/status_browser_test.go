@@ -250,8 +250,19 @@ func TestStatusPageUpdatesLiveInChromium(t *testing.T) {
 	defer stop2()
 	defer stop3()
 
+	peer := fleetGateway(t, natsURL, "gw-peer", nil)
 	page := launchChromium(t, base+"/ha")
 	page.waitFor(t, 10*time.Second, rowState("app3"), `"active"`, "app3 listed active")
+	// the fleet: this gateway marked as the one serving the page, and
+	// its peer
+	self := serviceOf(t, heartbeat.DefaultPrefix).gatewayID()
+	page.waitFor(t, 5*time.Second, fmt.Sprintf(`(document.querySelector('tr[data-gateway=%q]') || {dataset: {}}).dataset.state || ""`, peer.gatewayID()),
+		`"active"`, "the peer gateway listed active")
+	page.waitFor(t, 5*time.Second, fmt.Sprintf(`(document.querySelector('tr[data-gateway=%q]') || {textContent: ""}).textContent.includes("served this page")`, self),
+		"true", "this gateway marked as serving the page")
+	if got := page.eval(t, `Array.from(document.querySelectorAll('h3')).some(h => h.textContent === "Gateways")`); got != "true" {
+		t.Errorf("no Gateways heading")
+	}
 	page.waitFor(t, 5*time.Second, rowState("app1"), `"active"`, "app1 listed active")
 	// a reload would clear this marker: it proves the updates are live.
 	page.eval(t, `window.cxMarker = "same page"`)

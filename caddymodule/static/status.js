@@ -104,6 +104,41 @@
 		]);
 	}
 
+	function sameIDs(a, b) {
+		return a.length === b.length && a.slice().sort().join(",") === b.slice().sort().join(",");
+	}
+
+	// Gateways: every gateway of the service's fleet, the one that served
+	// this page marked; the fleet's warnings are among the service's.
+	function gateways(svc) {
+		var gws = svc.gateways || [];
+		if (!gws.length) return null;
+		var self = gws.filter(function (g) { return g.self; })[0];
+		if (self) self.primary = self.primary || [];
+		var rows = gws.map(function (g) {
+			g.primary = g.primary || [];
+			var id = [el("strong", { text: g.id })];
+			if (g.self) id.push(" ", el("span", { "class": "badge serving", text: "served this page" }));
+			var differs = self && !g.self && g.state === "active" && !sameIDs(g.primary, self.primary);
+			var nats = (g.nats_connected ? "connected" : "disconnected") + (g.nats_server ? " · " + g.nats_server : "");
+			return el("tr", { "data-gateway": g.id, "data-state": g.state, "data-self": String(g.self), "class": "state-" + g.state + (g.self ? " primary" : "") }, [
+				td("Gateway", "id", id),
+				td("State", "state", [el("span", { "class": "badge " + g.state, text: g.state })]),
+				td("Version", "", [g.version || "—"]),
+				td("Uptime", "", [g.state === "left" ? "—" : duration(g.uptime_seconds)]),
+				td("NATS", "nats", [nats]),
+				td("Primary", "", [el("span", { "class": differs ? "differs" : "", title: differs ? "differs from the primary of the gateway that served this page" : "", text: g.primary.length ? g.primary.join(", ") : "none" })]),
+				td("In flight", "", [String(g.inflight)]),
+				td("Heartbeat", "age", [g.self ? "this gateway" : duration(g.heartbeat_age_seconds) + " ago"])
+			]);
+		});
+		var head = el("tr", {}, ["Gateway", "State", "Version", "Uptime", "NATS", "Primary", "In flight", "Heartbeat"].map(function (h) { return el("th", { text: h }); }));
+		return el("div", { "class": "gateways" }, [
+			el("h3", { text: "Gateways" }),
+			el("table", {}, [el("thead", {}, [head]), el("tbody", {}, rows)])
+		]);
+	}
+
 	function service(svc) {
 		var bad = conflictRoles(svc);
 		// state_counts counts every instance, listed or not (the report
@@ -125,6 +160,8 @@
 		var body = el("tbody", {}, svc.instances.map(function (i) { return row(i, bad, svc); }));
 		if (!svc.instances.length) body.appendChild(el("tr", {}, [el("td", { colspan: "12", text: "No instance has announced itself yet." })]));
 		section.appendChild(el("table", {}, [el("thead", {}, [head]), body]));
+		var fleet = gateways(svc);
+		if (fleet) section.appendChild(fleet);
 		return section;
 	}
 
