@@ -27,6 +27,7 @@ func testService(t testing.TB, prefix string, cfg membership.Config) *Service {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.release(c) })
+	s.reg.SetControls(nil) // never started: no control bucket to await
 	return s
 }
 

@@ -52,6 +52,7 @@ func TestBadCaddyfileOptionsSayWhatIsWrong(t *testing.T) {
 		{"priority out of range", "", "cx_proxy {\n\tpriority app1 5000\n}", "priority app1 5000: use -1000 to 1000"},
 		{"active health check", "", "cx_proxy {\n\thealth_uri /health\n}", "health_uri configures an active health check, which Caddy does not run"},
 		{"active health interval", "", "cx_proxy {\n\thealth_interval 5s\n}", "use the sidecar's --health (caddy-cx announce) or cx_proxy's confirm_with"},
+		{"bad share_failures", "", "cx_proxy {\n\tshare_failures maybe\n}", `share_failures: "maybe" is neither on nor off`},
 		{"policy with args", "", "reverse_proxy {\n\tdynamic cx\n\tlb_policy cx_failover now\n}", "cx_failover takes no arguments"},
 	}
 	for _, c := range cases {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
@@ -119,7 +120,8 @@ func (e *embeddedServer) start() error {
 		srv.Shutdown()
 		return fmt.Errorf("cx: embedded NATS server could not listen on %s (is the port taken? set `embedded_nats` to another address, or `nats` to use an existing server)", e.addr)
 	}
-	e.logger.Info("embedded NATS server listening", zap.String("address", e.addr), zap.Bool("authentication", e.auth.set()))
+	e.logger.Info("embedded NATS server listening", zap.String("address", e.addr), zap.Bool("authentication", e.auth.set()),
+		zap.String("jetstream_store", embeddedStoreDir(e.addr)))
 	e.srv, e.running = srv, e.auth
 	return nil
 }
@@ -132,9 +134,36 @@ func (e *embeddedServer) options() *server.Options {
 		NoSigs:     true,
 		NoLog:      true,
 		MaxPayload: 1 << 20,
+		// JetStream holds the control bucket (drain and maintenance
+		// survive restarts); its store is per listen address, so that two
+		// embedded servers on one machine never share one.
+		JetStream: true,
+		StoreDir:  embeddedStoreDir(e.addr),
 	}
 	e.auth.apply(opts)
 	return opts
+}
+
+// embeddedStoreDir is where the embedded server listening on addr keeps
+// its JetStream data: under Caddy's data directory, named after addr.
+func embeddedStoreDir(addr string) string {
+	return filepath.Join(caddy.AppDataDir(), "cx", "jetstream", sanitizeAddr(addr))
+}
+
+// sanitizeAddr makes a file name of a listen address: every character
+// but letters, digits, '.' and '-' becomes '_' ("[::1]:4222" is
+// "___1__4222", "127.0.0.1:4222" is "127.0.0.1_4222").
+func sanitizeAddr(addr string) string {
+	b := []byte(addr)
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-') {
+			b[i] = '_'
+		}
+	}
+	if s := string(b); s != "" && s != "." && s != ".." {
+		return s
+	}
+	return "_"
 }
 
 // reauth makes the running server require the latest config's

@@ -16,18 +16,39 @@ const DefaultFailTimeout = 10 * time.Second
 // requests). A POST's 503 is not retried, so it is not counted either.
 // The policy marks an instance when asked for another one, from the
 // outcome the transport recorded for the try (proxyRequest.judge). Marks
-// are cleared when the instance restarts or returns from stale.
+// are cleared when the instance restarts or returns from stale. Failures
+// other gateways observed mark an instance too (mark), without being
+// shared again.
 type passiveHealth struct {
 	timeout atomic.Int64 // fail_timeout (a time.Duration) of the config applied
 	marked  atomic.Int64 // number of marks, to skip lookups when none
 	until   sync.Map     // dial -> time.Time
+	// gen changes with every mark set or cleared, so that the primary
+	// need be derived again only when it moved (fleet.go).
+	gen atomic.Uint64
+	// onFail, when set, is told of each failure counted here, to share
+	// it with the fleet (fleetState.queueFailure).
+	onFail atomic.Pointer[func(dial string)]
 }
 
+// fail counts a failure of dial seen on the request path.
 func (h *passiveHealth) fail(dial string, now time.Time) {
+	h.mark(dial, now)
+	if hook := h.onFail.Load(); hook != nil {
+		(*hook)(dial)
+	}
+}
+
+// mark passes dial over until fail_timeout from now.
+func (h *passiveHealth) mark(dial string, now time.Time) {
 	if _, existed := h.until.Swap(dial, now.Add(time.Duration(h.timeout.Load()))); !existed {
 		h.marked.Add(1)
 	}
+	h.gen.Add(1)
 }
+
+// generation changes whenever a mark is set or cleared.
+func (h *passiveHealth) generation() uint64 { return h.gen.Load() }
 
 // failing reports whether dial failed within the timeout.
 func (h *passiveHealth) failing(dial string, now time.Time) bool {
@@ -48,6 +69,7 @@ func (h *passiveHealth) failing(dial string, now time.Time) bool {
 func (h *passiveHealth) clear(dial string) {
 	if _, existed := h.until.LoadAndDelete(dial); existed {
 		h.marked.Add(-1)
+		h.gen.Add(1)
 	}
 }
 

@@ -63,8 +63,19 @@ var (
 	descServedVersion = prometheus.NewDesc(metricsNamespace+"served_version_info",
 		"The version routed with `versions consistent`, in the version label; always 1.", []string{"service", "version"}, nil)
 
+	descGateways = prometheus.NewDesc(metricsNamespace+"gateways",
+		"Gateways of the service's fleet (this one included), by state (active, stale, left).", []string{"service", "state"}, nil)
+	descFleetMessages = prometheus.NewDesc(metricsNamespace+"fleet_messages_total",
+		"Messages of other gateways (and this one's echo) received, by kind (heartbeat, observation) and result: accepted; rejected (invalid, refused by a rule such as clock, rate, capacity or an id conflict, or dropped unread as a slow consumer); ignored (a heartbeat older than one applied; an observation from a publisher that is not a live announced gateway, beyond its rate, or with share_failures off).",
+		[]string{"service", "kind", "result"}, nil)
+	descSplitView = prometheus.NewDesc(metricsNamespace+"fleet_split_view",
+		"1 while the live gateways of the service have disagreed on the primary for longer than 2s, else 0.", []string{"service"}, nil)
+	descObservationsApplied = prometheus.NewDesc(metricsNamespace+"observations_applied_total",
+		"Instance failures observed by other gateways and applied here (the instance passed over for fail_timeout).", []string{"service"}, nil)
+
 	allDescs = []*prometheus.Desc{descInstances, descHeartbeatAge, descPrimary, descEvents, descRejected,
-		descRequests, descRetries, descDialRefused, descFailovers, descNATSConnected, descNATSReconnects, descRoleConflict, descServedVersion}
+		descRequests, descRetries, descDialRefused, descFailovers, descNATSConnected, descNATSReconnects, descRoleConflict, descServedVersion,
+		descGateways, descFleetMessages, descSplitView, descObservationsApplied}
 )
 
 // contractEvents are always exported, at 0 until they happen, so that
@@ -108,6 +119,9 @@ type serviceStats struct {
 	mu             sync.Mutex
 	lastPrimary    []string // the last non-empty primary set seen
 	lastPrimarySet map[string]struct{}
+
+	// fleet counts the gateway fleet's messages (fleet_receive.go).
+	fleet fleetCounters
 
 	// roles and versions bound the label values taken from publishers'
 	// strings (leader roles, versions).
@@ -410,6 +424,7 @@ func collectService(ch chan<- prometheus.Metric, s *Service) {
 		return true
 	})
 	ch <- prometheus.MustNewConstMetric(descFailovers, prometheus.CounterValue, float64(st.failovers.Load()), svc)
+	collectFleet(ch, s, now)
 	st.instances.Range(func(k, v any) bool {
 		is := v.(*instanceStats)
 		for i := range is.codes {
@@ -419,6 +434,31 @@ func collectService(ch chan<- prometheus.Metric, s *Service) {
 		}
 		return true
 	})
+}
+
+// collectFleet exports the fleet of s. Gateway ids are not labels: a
+// fleet is counted by state, and GET /cx/gateways names its gateways.
+func collectFleet(ch chan<- prometheus.Metric, s *Service, now time.Time) {
+	svc, st := s.prefix, s.stats
+	counts := map[string]int{membership.StateActiveName: 0, membership.StateStaleName: 0, membership.StateLeftName: 0}
+	split := false
+	for _, g := range s.gatewayStatus(now) {
+		counts[g.State]++
+	}
+	if f := s.fleetNow(); f != nil {
+		_, split = f.splitView(now)
+	}
+	for _, state := range []string{membership.StateActiveName, membership.StateStaleName, membership.StateLeftName} {
+		ch <- prometheus.MustNewConstMetric(descGateways, prometheus.GaugeValue, float64(counts[state]), svc, state)
+	}
+	ch <- prometheus.MustNewConstMetric(descSplitView, prometheus.GaugeValue, boolFloat(split), svc)
+	for k, kind := range fleetKindNames {
+		for r, result := range fleetResultNames {
+			ch <- prometheus.MustNewConstMetric(descFleetMessages, prometheus.CounterValue,
+				float64(st.fleet.messages[k][r].Load()), svc, kind, result)
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(descObservationsApplied, prometheus.CounterValue, float64(st.fleet.applied.Load()), svc)
 }
 
 func boolFloat(b bool) float64 {

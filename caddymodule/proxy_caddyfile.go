@@ -65,6 +65,7 @@ lb_retry_match {
 //		stale_after    <duration>
 //		forget_after   <duration>
 //		fail_timeout   <duration>
+//		share_failures on|off
 //		allow_networks <cidr...>
 //		allow_ids      <glob...>
 //		priority       <id> <n>

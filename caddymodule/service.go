@@ -131,6 +131,7 @@ func (s *Service) key() serviceKey { return serviceKey{link: s.link, prefix: s.p
 func (s *Service) registryConfig(set serviceSettings) membership.Config {
 	cfg := set.membership
 	cfg.OnEvent = s.onEvent
+	cfg.AwaitControls = true // released by the control follower (control.go)
 	cfg.Deny = func(url string) string { return s.loops.Load().deny(url) }
 	cfg.Confirm = nil
 	if set.confirmWith != "" {
@@ -231,8 +232,9 @@ func (s *Service) start(nc *nats.Conn) error {
 	}
 	s.watcher = w
 	s.warmUntil.Store(time.Now().Add(WarmUp).UnixNano())
-	s.startFleet(nc)
+	// control first: the fleet's publishing loop reads s.control
 	s.startControl(nc)
+	s.startFleet(nc)
 	return nil
 }
 

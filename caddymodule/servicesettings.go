@@ -21,6 +21,9 @@ type serviceSettings struct {
 	// failbackDelay decides who is primary (primary.go), which the status
 	// page and metrics show per service: one value per prefix.
 	failbackDelay time.Duration
+	// shareFailuresOff is `share_failures off`: the service neither
+	// publishes the failures it counts nor applies its fleet's.
+	shareFailuresOff bool
 }
 
 // settingNames are the config options behind membership.Config's fields;
@@ -52,10 +55,20 @@ func (a serviceSettings) differences(b serviceSettings) []string {
 	if a.failbackDelay != b.failbackDelay {
 		out = append(out, fmt.Sprintf("failback_delay %v vs %v", a.failbackDelay, b.failbackDelay))
 	}
+	if a.shareFailuresOff != b.shareFailuresOff {
+		out = append(out, fmt.Sprintf("share_failures %s vs %s", onOff(!a.shareFailuresOff), onOff(!b.shareFailuresOff)))
+	}
 	if a.confirmWith != b.confirmWith {
 		out = append(out, fmt.Sprintf("confirm_with %q vs %q", a.confirmWith, b.confirmWith))
 	}
 	return out
+}
+
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
 }
 
 // settingText writes one setting's value as an operator would.

@@ -15,7 +15,8 @@ import (
 // the one applied would silently win: with scheme, a TLS site and a plain
 // one would refuse each other's instances.
 func TestServiceSettingsCoverEveryField(t *testing.T) {
-	hooks := map[string]bool{"OnEvent": true, "Deny": true, "Confirm": true}
+	// AwaitControls is the service's own (the control follower), not an option
+	hooks := map[string]bool{"OnEvent": true, "Deny": true, "Confirm": true, "AwaitControls": true}
 	base := serviceSettings{membership: membership.Config{Prefix: "cx.ha"}}
 	typ := reflect.TypeFor[membership.Config]()
 	for i := range typ.NumField() {
@@ -55,8 +56,8 @@ func TestServiceSettingsCoverEveryField(t *testing.T) {
 		}
 	}
 	if d := base.differences(serviceSettings{membership: base.membership, failTimeout: time.Second, confirmWith: "/h",
-		failbackDelay: time.Second}); len(d) != 3 {
-		t.Errorf("fail_timeout, confirm_with and failback_delay changed: differences %q", d)
+		failbackDelay: time.Second, shareFailuresOff: true}); len(d) != 4 || d[2] != "share_failures on vs off" {
+		t.Errorf("fail_timeout, confirm_with, failback_delay and share_failures changed: differences %q", d)
 	}
 	probe := base
 	probe.membership.OnEvent = func(membership.Event) {}

@@ -66,6 +66,12 @@ type StatusPage struct {
 	// other way (a firewall, forward_auth, a proxy in front) or is meant
 	// to be public.
 	Public bool `json:"public,omitempty"`
+
+	// DisableActions removes the page's Drain, Maintenance and Ready
+	// buttons and refuses their POSTs (`actions off`). Actions are offered
+	// to an authenticated user (basic_auth, forward_auth before the page)
+	// or a client on this machine, never to anyone else.
+	DisableActions bool `json:"disable_actions,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -100,11 +106,22 @@ func (p *StatusPage) Provision(caddy.Context) error {
 
 // ServeHTTP answers the page, or its JSON to clients asking for JSON.
 func (p *StatusPage) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		w.Header().Set("Allow", "GET, HEAD")
-		return caddyhttp.Error(http.StatusMethodNotAllowed, fmt.Errorf("cx_status answers GET and HEAD only"))
+	if r.Method == http.MethodPost && !p.DisableActions {
+		return p.serveAction(w, r)
 	}
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		allow, what := "GET, HEAD, POST", "GET, HEAD and POST (actions)"
+		if p.DisableActions {
+			allow, what = "GET, HEAD", "GET and HEAD only (actions off)"
+		}
+		w.Header().Set("Allow", allow)
+		return caddyhttp.Error(http.StatusMethodNotAllowed, fmt.Errorf("cx_status answers %s", what))
+	}
+	token := p.actionsFor(r)
 	if wantsJSON(r) {
+		if token != "" {
+			w.Header().Set(csrfHeader, token)
+		}
 		if err := writeStatusJSON(w, r, statusReport(p.SubjectPrefixes, p.Limit)); err != nil {
 			return caddyhttp.Error(http.StatusInternalServerError, err)
 		}
@@ -116,7 +133,8 @@ func (p *StatusPage) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyht
 		RefreshMS int64
 		CSS       template.CSS
 		JS        template.JS
-	}{p.Title, time.Duration(p.Refresh).Milliseconds(), template.CSS(statusCSS), template.JS(statusJS)})
+		CSRF      string
+	}{p.Title, time.Duration(p.Refresh).Milliseconds(), template.CSS(statusCSS), template.JS(statusJS), token})
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
@@ -125,7 +143,7 @@ func (p *StatusPage) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyht
 	h.Set("Cache-Control", "no-store")
 	h.Add("Vary", "Accept")
 	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Content-Security-Policy", "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; frame-ancestors 'none'")
+	h.Set("Content-Security-Policy", "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 	if r.Method == http.MethodHead {
 		return nil
 	}

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/bcrypt"
 	"golang.org/x/net/websocket"
 
 	"github.com/caddy-cx/caddy-cx/heartbeat"
@@ -249,8 +250,19 @@ func TestStatusPageUpdatesLiveInChromium(t *testing.T) {
 	defer stop2()
 	defer stop3()
 
+	peer := fleetGateway(t, natsURL, "gw-peer", nil)
 	page := launchChromium(t, base+"/ha")
 	page.waitFor(t, 10*time.Second, rowState("app3"), `"active"`, "app3 listed active")
+	// the fleet: this gateway marked as the one serving the page, and
+	// its peer
+	self := serviceOf(t, heartbeat.DefaultPrefix).gatewayID()
+	page.waitFor(t, 5*time.Second, fmt.Sprintf(`(document.querySelector('tr[data-gateway=%q]') || {dataset: {}}).dataset.state || ""`, peer.gatewayID()),
+		`"active"`, "the peer gateway listed active")
+	page.waitFor(t, 5*time.Second, fmt.Sprintf(`(document.querySelector('tr[data-gateway=%q]') || {textContent: ""}).textContent.includes("served this page")`, self),
+		"true", "this gateway marked as serving the page")
+	if got := page.eval(t, `Array.from(document.querySelectorAll('h3')).some(h => h.textContent === "Gateways")`); got != "true" {
+		t.Errorf("no Gateways heading")
+	}
 	page.waitFor(t, 5*time.Second, rowState("app1"), `"active"`, "app1 listed active")
 	// a reload would clear this marker: it proves the updates are live.
 	page.eval(t, `window.cxMarker = "same page"`)
@@ -303,4 +315,59 @@ func profileDir(t *testing.T) string {
 	}
 	t.Cleanup(func() { _ = os.RemoveAll(dir) })
 	return dir
+}
+
+// An operator behind basic_auth drains an instance from the page: the
+// Drain button posts the form, the page comes back (303) showing who
+// drained it, and the gateway stops routing it.
+func TestStatusPageDrainInChromium(t *testing.T) {
+	chromiumPath(t)
+	ns := jetStreamNATS(t, 0, "")
+	hash, err := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := gateway(t, ns.ClientURL(), `http://127.0.0.1:{PORT} {
+	basic_auth /ha* {
+		alice `+string(hash)+`
+	}
+	cx_status /ha {
+		refresh 250ms
+	}
+	cx_proxy
+}`)
+	var svc *Service
+	for _, s := range runningServices() {
+		svc = s
+	}
+	eventually(t, 5*time.Second, svc.controlFollowing, "the gateway following the control bucket")
+	nc := connect(t, ns.ClientURL())
+	app1 := newInstance(t, nc, "app1", startBackend(t, "app1").url, 0)
+	app2 := newInstance(t, nc, "app2", startBackend(t, "app2").url, 10)
+	stop1, stop2 := app1.keepBeating(), app2.keepBeating()
+	defer stop1()
+	defer stop2()
+
+	page := launchChromium(t, "about:blank")
+	page.call(t, "Network.enable", map[string]any{})
+	page.call(t, "Network.setExtraHTTPHeaders", map[string]any{"headers": map[string]string{
+		"Authorization": "Basic " + base64.StdEncoding.EncodeToString([]byte("alice:s3cret"))}})
+	page.call(t, "Page.navigate", map[string]any{"url": base + "/ha"})
+	page.waitFor(t, 10*time.Second, rowState("app1"), `"active"`, "app1 listed active")
+	drain := `document.querySelector('tr[data-id="app1"] form[data-action="drain"] button')`
+	page.waitFor(t, 5*time.Second, drain+` !== null`, "true", "the Drain button for app1")
+	page.eval(t, drain+`.click()`)
+	page.waitFor(t, 5*time.Second, `(document.querySelector('tr[data-id="app1"]') || {dataset: {}}).dataset.control || ""`, `"drain"`, "app1 shown drained")
+	page.waitFor(t, 5*time.Second, `document.querySelector('tr[data-id="app1"] .control-who').textContent.startsWith("by status page user alice via ")`,
+		"true", "who drained app1")
+	if routes(svc, "app1") || !routes(svc, "app2") {
+		t.Fatalf("after the page's drain: app1 routed %v, app2 routed %v", routes(svc, "app1"), routes(svc, "app2"))
+	}
+	page.screenshot(t, "status-drained.png")
+	// Ready from the page brings it back.
+	ready := `document.querySelector('tr[data-id="app1"] form[data-action="ready"] button')`
+	page.waitFor(t, 5*time.Second, ready+` !== null`, "true", "the Ready button for app1")
+	page.eval(t, ready+`.click()`)
+	page.waitFor(t, 5*time.Second, `(document.querySelector('tr[data-id="app1"]') || {dataset: {}}).dataset.control`, `""`, "app1's control cleared")
+	eventually(t, time.Second, func() bool { return routes(svc, "app1") }, "app1 routed again")
 }

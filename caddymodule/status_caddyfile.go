@@ -30,6 +30,7 @@ func parseCxStatus(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) 
 //		refresh        <duration>
 //		limit          <instances>
 //		public
+//		actions        on|off
 //	}
 //
 // A path as the matcher (`cx_status /ha`) serves the page at that path.
@@ -69,8 +70,21 @@ func (p *StatusPage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			p.Public = true
+		case "actions":
+			var v string
+			if err := oneArg(d, &v); err != nil {
+				return err
+			}
+			switch v {
+			case "on":
+				p.DisableActions = false
+			case "off":
+				p.DisableActions = true
+			default:
+				return d.Errf("actions %q: want on or off", v)
+			}
 		default:
-			return d.Errf("unknown cx_status option %q; allowed: subject_prefix, title, refresh, limit, public", opt)
+			return d.Errf("unknown cx_status option %q; allowed: subject_prefix, title, refresh, limit, public, actions", opt)
 		}
 	}
 	return nil

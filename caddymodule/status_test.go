@@ -66,6 +66,10 @@ func comparable(rep StatusReport) StatusReport {
 			in := &rep.Services[i].Instances[j]
 			in.HeartbeatAgeSeconds, in.UptimeSeconds = 0, 0
 		}
+		for j := range rep.Services[i].Gateways {
+			g := &rep.Services[i].Gateways[j]
+			g.HeartbeatAgeSeconds, g.UptimeSeconds = 0, 0
+		}
 	}
 	return rep
 }

@@ -79,6 +79,14 @@ type Upstreams struct {
 	// fail_timeout. A restart or a return from stale clears it. Default: 10s.
 	FailTimeout caddy.Duration `json:"fail_timeout,omitempty"`
 
+	// ShareFailures shares the failures this gateway counts (as
+	// FailTimeout does) with the other gateways of the subject prefix, and
+	// applies theirs, so that every gateway passes over a failing instance
+	// together: observations on PREFIX.obs.<gateway_id>, applied only
+	// from announced gateways and only to the instance process they name.
+	// false turns both directions off. Default: true.
+	ShareFailures *bool `json:"share_failures,omitempty"`
+
 	// MaxInstances bounds how many instances are tracked; heartbeats of
 	// further ids are rejected and counted. Default: 10000.
 	MaxInstances int `json:"max_instances,omitempty"`
@@ -158,7 +166,7 @@ func (u *Upstreams) Provision(ctx caddy.Context) error {
 		failTimeout = DefaultFailTimeout
 	}
 	svc, err := appIface.(*App).Service(serviceSettings{membership: cfg, failTimeout: failTimeout, confirmWith: u.ConfirmWith,
-		failbackDelay: time.Duration(u.FailbackDelay)})
+		failbackDelay: time.Duration(u.FailbackDelay), shareFailuresOff: u.ShareFailures != nil && !*u.ShareFailures})
 	if err != nil {
 		return err
 	}

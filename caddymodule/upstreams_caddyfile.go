@@ -16,6 +16,7 @@ import (
 //		stale_after    <duration>
 //		forget_after   <duration>
 //		fail_timeout   <duration>
+//		share_failures on|off
 //		allow_networks <cidr...>
 //		allow_ids      <glob...>
 //		priority       <id> <n>
@@ -47,7 +48,7 @@ func (u *Upstreams) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 }
 
 // sourceOptions are the options of `dynamic cx`, which cx_proxy takes too.
-var sourceOptions = []string{"subject_prefix", "stale_after", "forget_after", "fail_timeout", "allow_networks",
+var sourceOptions = []string{"subject_prefix", "stale_after", "forget_after", "fail_timeout", "share_failures", "allow_networks",
 	"priority", "max_instances", "header_instance", "versions", "rise", "flap_limit", "flap_window", "flap_hold",
 	"slow_start", "failback_delay", "confirm_with", "allow_ids", "priority_range", "clock_skew", "scheme"}
 
@@ -75,6 +76,8 @@ func (u *Upstreams) parseOption(d *caddyfile.Dispenser) error {
 		return durationArg(d, (*caddy.Duration)(&u.ForgetAfter))
 	case "fail_timeout":
 		return durationArg(d, (*caddy.Duration)(&u.FailTimeout))
+	case "share_failures":
+		return onOffArg(d, &u.ShareFailures)
 	case "allow_networks":
 		nets := d.RemainingArgs()
 		if len(nets) == 0 {
@@ -112,6 +115,21 @@ func (u *Upstreams) unmarshalPriority(d *caddyfile.Dispenser) error {
 		u.Priority = map[string]int{}
 	}
 	u.Priority[args[0]] = n
+	return nil
+}
+
+// onOffArg reads one argument, on or off, into dst.
+func onOffArg(d *caddyfile.Dispenser, dst **bool) error {
+	name := d.Val()
+	var s string
+	if err := oneArg(d, &s); err != nil {
+		return err
+	}
+	if s != "on" && s != "off" {
+		return d.Errf("%s: %q is neither on nor off", name, s)
+	}
+	on := s == "on"
+	*dst = &on
 	return nil
 }
 

@@ -228,7 +228,10 @@ func TestComposeNATSConfig(t *testing.T) {
 		t.Errorf("nats health check %v does not ask the monitoring port's /healthz", hc)
 	}
 
-	opts.Port, opts.HTTPPort = -1, -1
+	if !opts.JetStream {
+		t.Error("compose.conf runs without JetStream: the gateway's drain and maintenance need it")
+	}
+	opts.Port, opts.HTTPPort, opts.StoreDir = -1, -1, t.TempDir()
 	s := natstest.Start(t, opts)
 	if code, body := get(t, "http://"+s.MonitorAddr().String()+"/healthz"); code != http.StatusOK {
 		t.Errorf("NATS /healthz: %d %s", code, body)

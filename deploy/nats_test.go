@@ -265,9 +265,10 @@ func TestNATSClusterConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if opts.ServerName != "nats-1" || opts.Cluster.Name != "cx" || opts.Cluster.Port != 6222 || len(opts.Routes) != 3 || opts.HTTPPort != 8222 {
-		t.Errorf("cluster config: name %q cluster %q port %d routes %v http %d",
-			opts.ServerName, opts.Cluster.Name, opts.Cluster.Port, opts.Routes, opts.HTTPPort)
+	if opts.ServerName != "nats-1" || opts.Cluster.Name != "cx" || opts.Cluster.Port != 6222 || len(opts.Routes) != 3 || opts.HTTPPort != 8222 ||
+		!opts.JetStream || opts.StoreDir == "" {
+		t.Errorf("cluster config: name %q cluster %q port %d routes %v http %d jetstream %v (store %q)",
+			opts.ServerName, opts.Cluster.Name, opts.Cluster.Port, opts.Routes, opts.HTTPPort, opts.JetStream, opts.StoreDir)
 	}
 }
 

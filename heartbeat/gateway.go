@@ -246,7 +246,7 @@ func (m *GatewayMessage) decodeRest(obj map[string]json.RawMessage) error {
 	if m.Primary, err = idList(obj, "primary", MaxGatewayPrimary); err != nil {
 		return err
 	}
-	if raw, ok := obj["inflight"]; ok {
+	if raw, ok := obj["inflight"]; ok && !bytes.Equal(raw, []byte("null")) {
 		n, err := requiredInt("inflight", raw, 0, MaxGatewayInFlight)
 		if err != nil {
 			return err
@@ -256,14 +256,19 @@ func (m *GatewayMessage) decodeRest(obj map[string]json.RawMessage) error {
 	return field(obj, "control", &m.Control, false)
 }
 
-// idList reads an optional list of at most n valid, distinct ids.
+// idList reads an optional list of at most n valid, distinct ids; the
+// entries of a longer list are counted, not decoded (see failures).
 func idList(obj map[string]json.RawMessage, name string, n int) ([]string, error) {
+	var counted []uncounted
+	if err := field(obj, name, &counted, false); err != nil {
+		return nil, err
+	}
+	if len(counted) > n {
+		return nil, invalid(name, "%d ids, more than %d", len(counted), n)
+	}
 	var ids []string
 	if err := field(obj, name, &ids, false); err != nil {
 		return nil, err
-	}
-	if len(ids) > n {
-		return nil, invalid(name, "%d ids, more than %d", len(ids), n)
 	}
 	seen := make(map[string]bool, len(ids))
 	for _, id := range ids {
@@ -310,18 +315,33 @@ func DecodeObservation(prefix, subject string, data []byte) (*Observation, error
 	return o, nil
 }
 
-// failures reads the required, non-empty, bounded list of failures.
+// uncounted is an array element that is only counted: it decodes into
+// nothing and takes no memory, so that counting the entries of a hostile
+// array allocates nothing per entry.
+type uncounted struct{}
+
+func (*uncounted) UnmarshalJSON([]byte) error { return nil }
+
+// failures reads the required, non-empty, bounded list of failures. The
+// entries are counted first, which allocates nothing per entry, and only
+// an array within the limit is decoded: a payload of thousands of tiny
+// entries is refused before any of them is.
 func failures(obj map[string]json.RawMessage) ([]ObservedFailure, error) {
-	var raw []map[string]json.RawMessage
+	var counted []uncounted
+	if err := field(obj, "failed", &counted, true); err != nil {
+		return nil, err
+	}
+	if len(counted) == 0 || len(counted) > MaxObservedFailures {
+		return nil, invalid("failed", "%d entries; 1 to %d are allowed", len(counted), MaxObservedFailures)
+	}
+	var raw []json.RawMessage
 	if err := field(obj, "failed", &raw, true); err != nil {
 		return nil, err
 	}
-	if len(raw) == 0 || len(raw) > MaxObservedFailures {
-		return nil, invalid("failed", "%d entries; 1 to %d are allowed", len(raw), MaxObservedFailures)
-	}
 	out := make([]ObservedFailure, 0, len(raw))
-	for _, entry := range raw {
-		if entry == nil {
+	for _, item := range raw {
+		var entry map[string]json.RawMessage
+		if err := json.Unmarshal(item, &entry); err != nil || entry == nil {
 			return nil, invalid("failed", "an entry is not an object")
 		}
 		id, err := idField(entry, "id")

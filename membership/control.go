@@ -3,7 +3,6 @@ package membership
 import (
 	"encoding/json"
 	"fmt"
-	"strings"
 	"time"
 	"unicode/utf8"
 )
@@ -63,8 +62,13 @@ func (c Control) Encode() []byte {
 	return b
 }
 
-// ParseControl decodes a control entry strictly: bounded, known fields
-// only, a known state.
+// controlFields are the keys of a control entry. They are matched
+// exactly: encoding/json would match "State" or "STATE" to state, so that
+// of two case variants the last would win unseen.
+var controlFields = map[string]bool{"state": true, "instance_started_at": true, "by": true, "gateway": true, "at": true}
+
+// ParseControl decodes a control entry strictly: bounded, one JSON object
+// of known fields only (exactly spelt), a known state.
 func ParseControl(data []byte) (Control, error) {
 	var c Control
 	if len(data) > MaxControlSize {
@@ -73,9 +77,21 @@ func ParseControl(data []byte) (Control, error) {
 	if !utf8.Valid(data) {
 		return c, fmt.Errorf("control entry is not valid UTF-8")
 	}
-	dec := json.NewDecoder(strings.NewReader(string(data)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&c); err != nil {
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(data, &obj); err != nil {
+		return c, fmt.Errorf("control entry: %v", err)
+	}
+	if obj == nil {
+		return c, fmt.Errorf("control entry is not a JSON object")
+	}
+	for k := range obj {
+		if !controlFields[k] {
+			return c, fmt.Errorf("control entry: unknown field %q", truncate(k, 32))
+		}
+	}
+	// Every key is known and exact, so decoding the struct can neither
+	// meet an unknown field nor fold a case variant.
+	if err := json.Unmarshal(data, &c); err != nil {
 		return Control{}, fmt.Errorf("control entry: %v", err)
 	}
 	switch c.State {
@@ -85,6 +101,16 @@ func ParseControl(data []byte) (Control, error) {
 	}
 	if utf8.RuneCountInString(c.By) > MaxControlByLen || utf8.RuneCountInString(c.Gateway) > MaxControlByLen {
 		return Control{}, fmt.Errorf("control entry: by or gateway longer than %d characters", MaxControlByLen)
+	}
+	// Times are shown and re-encoded (status page, admin API): one JSON
+	// cannot encode, or no real clock gives, is refused.
+	for _, tm := range []struct {
+		name string
+		t    time.Time
+	}{{"instance_started_at", c.Process}, {"at", c.At}} {
+		if y := tm.t.UTC().Year(); !tm.t.IsZero() && (y < minStartYear || y > maxStartYear) {
+			return Control{}, fmt.Errorf("control entry: %s is in the year %d in UTC; allowed are %d to %d", tm.name, y, minStartYear, maxStartYear)
+		}
 	}
 	return c, nil
 }
@@ -97,8 +123,13 @@ func truncate(s string, n int) string {
 }
 
 // SetControl records id's control entry (ControlReady or the zero Control
-// clears it) and rebuilds routing at once if that changes it.
-func (r *Registry) SetControl(id string, c Control) {
+// clears it) and rebuilds routing at once if that changes it. The rebuild
+// does not wait for a coalesced one (Config.RebuildEvery): an operator's
+// drain takes effect before SetControl returns. A coalesced rebuild still
+// pending publishes again when due, which is harmless.
+func (r *Registry) SetControl(id string, c Control) { r.setControl(id, c, time.Now()) }
+
+func (r *Registry) setControl(id string, c Control, now time.Time) {
 	r.mu.Lock()
 	if r.controls == nil {
 		r.controls = make(map[string]Control)
@@ -109,9 +140,13 @@ func (r *Registry) SetControl(id string, c Control) {
 		r.controls[id] = c
 	}
 	if e := r.members[id]; e != nil {
+		before := e.route()
 		e.Control = r.controls[id]
+		r.settle(e, now) // a released member enters routing now (slow start)
+		if e.route() != before {
+			r.rebuildNow()
+		}
 	}
-	r.rebuildNow()
 	events := r.takeEvents()
 	r.mu.Unlock()
 	r.report(events)
@@ -119,7 +154,9 @@ func (r *Registry) SetControl(id string, c Control) {
 
 // SetControls replaces every control entry (the bucket as first read) and
 // releases routing when Config.AwaitControls held it back.
-func (r *Registry) SetControls(all map[string]Control) {
+func (r *Registry) SetControls(all map[string]Control) { r.setControls(all, time.Now()) }
+
+func (r *Registry) setControls(all map[string]Control, now time.Time) {
 	r.mu.Lock()
 	r.controls = make(map[string]Control, len(all))
 	for id, c := range all {
@@ -129,6 +166,7 @@ func (r *Registry) SetControls(all map[string]Control) {
 	}
 	for id, e := range r.members {
 		e.Control = r.controls[id]
+		r.settle(e, now)
 	}
 	r.controlsLoaded = true
 	r.rebuildNow()

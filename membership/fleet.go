@@ -2,9 +2,11 @@ package membership
 
 import (
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddy-cx/caddy-cx/heartbeat"
@@ -20,10 +22,10 @@ type Fleet struct {
 
 	mu       sync.Mutex
 	gateways map[string]*gatewayEntry
-	// stray budgets observations of gateways not announced, for their
-	// rejection events only.
+	// splitSince is when the live gateways began to disagree on the
+	// primary; zero while they agree.
 	splitSince time.Time
-	closed     bool
+	closed     atomic.Bool
 }
 
 // FleetConfig configures a Fleet.
@@ -32,6 +34,11 @@ type FleetConfig struct {
 	Prefix string
 	// Self is this gateway's id: its own observations are already applied.
 	Self string
+	// SelfStartedAt, if set, is this gateway process's started_at: a
+	// heartbeat on Self's id with any other is refused as a conflict
+	// (reason "self"), so that no one else speaks for this gateway in
+	// its own view of the fleet (its primary, its state).
+	SelfStartedAt time.Time
 	// ClockSkew is how far ahead a started_at may be. Default 1m.
 	ClockSkew time.Duration
 	// MaxGateways bounds the gateways kept. Default DefaultMaxGateways.
@@ -92,15 +99,36 @@ type Gateway struct {
 
 type gatewayEntry struct {
 	Gateway
+	// rate budgets the heartbeats of the known process and of newer ones;
+	// observations those of the known process.
 	rate, observations bucket
+	// obsSeq is the seq of the last observation accepted from the known
+	// process: replays and reordered ones are refused.
+	obsSeq int64
+	// prevStartedAt and prevSeq are the previous process of this id, so
+	// that a straggler of a restart is told from a second live process.
+	prevStartedAt time.Time
+	prevSeq       int64
 }
 
 // ErrUnannounced is returned for an observation from a publisher that is
 // not a live, announced gateway process.
 var ErrUnannounced = errors.New("observation from a gateway that is not announced")
 
-// errRate is returned for an observation beyond its gateway's budget.
-var errRate = errors.New("observations beyond the gateway's rate")
+// ErrObservationRate is returned for an observation beyond its
+// gateway's budget (ObservationBurst, then ObservationRate per second).
+var ErrObservationRate = errors.New("observations beyond the gateway's rate")
+
+// ErrObservationSeq is returned for an observation whose seq is not above
+// the last one accepted from its gateway process: a replay or a reordered
+// message.
+var ErrObservationSeq = errors.New("observation seq not above the last accepted from its gateway")
+
+// ErrGatewayIgnored is returned, with no event, for a gateway heartbeat
+// that changes nothing and proves nothing: a duplicate or reordered one,
+// the leaving of a process that is not the known one, or the first
+// straggler of a process older than the known one.
+var ErrGatewayIgnored = errors.New("gateway heartbeat ignored: duplicate, reordered, or not from the known process")
 
 // NewFleet returns an empty fleet.
 func NewFleet(cfg FleetConfig) *Fleet {
@@ -132,10 +160,24 @@ func (f *Fleet) ObserveGateway(subject string, data []byte, now time.Time) (*hea
 	if ev.Kind != "" {
 		f.emit(ev)
 	}
-	if !accepted {
-		return nil, errors.New(ev.Detail)
+	switch {
+	case accepted:
+		return m, nil
+	case ev.Kind == "":
+		return nil, ErrGatewayIgnored
 	}
-	return m, nil
+	return nil, &FleetError{Event: ev}
+}
+
+// FleetError is a gateway heartbeat refused with an event (rejected or
+// conflict); Event is the one reported.
+type FleetError struct{ Event FleetEvent }
+
+func (e *FleetError) Error() string {
+	if e.Event.Detail != "" {
+		return e.Event.Detail
+	}
+	return "gateway heartbeat " + string(e.Event.Kind) + ": " + e.Event.Reason
 }
 
 func reasonOf(err error) string {
@@ -145,38 +187,45 @@ func reasonOf(err error) string {
 	return "invalid"
 }
 
-// apply records m; the lock is held.
+// apply records m; the lock is held. A refusal with an event returns
+// that event; a silent one the zero event.
 func (f *Fleet) apply(m *heartbeat.GatewayMessage, now time.Time) (FleetEvent, bool) {
 	if reason, detail := refuseClock(m.StartedAt, now, f.cfg.ClockSkew); reason != "" {
 		return FleetEvent{Kind: FleetRejected, Gateway: m.ID, Reason: reason, Detail: detail}, false
 	}
+	if m.ID == f.cfg.Self && !f.cfg.SelfStartedAt.IsZero() && !m.StartedAt.Equal(f.cfg.SelfStartedAt) {
+		return FleetEvent{Kind: FleetConflict, Gateway: m.ID, Reason: "self",
+			Detail: "a heartbeat for this gateway's own id " + m.ID + " from a process started at " + m.StartedAt.Format(time.RFC3339Nano) +
+				", not this one: another gateway uses the same gateway_id; give each gateway its own"}, false
+	}
 	e := f.gateways[m.ID]
 	if e == nil {
-		if m.State == heartbeat.GatewayStateLeaving {
-			return FleetEvent{}, false
-		}
-		if len(f.gateways) >= f.cfg.MaxGateways && !f.evict(now) {
-			return FleetEvent{Kind: FleetRejected, Gateway: m.ID, Reason: "capacity",
-				Detail: "the fleet already holds the most gateways it keeps"}, false
-		}
-		e = &gatewayEntry{}
-		f.gateways[m.ID] = e
-		f.fill(e, m, now)
-		return FleetEvent{Kind: FleetJoin, Gateway: m.ID}, true
+		return f.admit(m, now)
 	}
 	switch {
+	case m.StartedAt.Before(e.StartedAt):
+		return f.fromOlderProcess(e, m), false
 	case m.StartedAt.After(e.StartedAt):
+		if m.State == heartbeat.GatewayStateLeaving {
+			// leaving counts only from the known process: a forged one,
+			// or a newer process's whose heartbeats were missed, changes
+			// nothing.
+			return FleetEvent{}, false
+		}
+		if !e.rate.take(now, ratePerSecond(m.Interval())) {
+			return rateEvent(m.ID), false
+		}
+		e.prevStartedAt, e.prevSeq = e.StartedAt, e.Seq
 		f.fill(e, m, now)
 		return FleetEvent{Kind: FleetRestart, Gateway: m.ID}, true
-	case m.StartedAt.Before(e.StartedAt):
-		return FleetEvent{Kind: FleetConflict, Gateway: m.ID,
-			Detail: "two gateway processes claim id " + m.ID + "; give each gateway its own gateway_id"}, false
-	case m.Seq <= e.Seq:
+	case m.Seq <= e.Seq || e.GatewayState == StateLeftName:
 		return FleetEvent{}, false
 	case !plausibleSeq(e.Seq, m.Seq, now.Sub(e.LastSeen)):
-		return FleetEvent{Kind: FleetConflict, Gateway: m.ID, Detail: "implausible seq jump for gateway " + m.ID}, false
+		return FleetEvent{Kind: FleetConflict, Gateway: m.ID, Reason: "seq",
+			Detail: fmt.Sprintf("gateway %s: seq %d is implausibly far ahead of %d: two gateway processes claim this id and started_at; give each gateway its own gateway_id",
+				m.ID, m.Seq, e.Seq)}, false
 	case !e.rate.take(now, ratePerSecond(m.Interval())):
-		return FleetEvent{Kind: FleetRejected, Gateway: m.ID, Reason: "rate", Detail: "gateway heartbeats beyond the rate"}, false
+		return rateEvent(m.ID), false
 	}
 	was := e.GatewayState
 	f.fill(e, m, now)
@@ -184,6 +233,49 @@ func (f *Fleet) apply(m *heartbeat.GatewayMessage, now time.Time) (FleetEvent, b
 		return FleetEvent{Kind: FleetLeave, Gateway: m.ID}, true
 	}
 	return FleetEvent{}, true
+}
+
+func rateEvent(id string) FleetEvent {
+	return FleetEvent{Kind: FleetRejected, Gateway: id, Reason: "rate",
+		Detail: "gateway " + id + ": more heartbeats than the rate limit allows"}
+}
+
+// admit records the first heartbeat of an id, if there is room.
+func (f *Fleet) admit(m *heartbeat.GatewayMessage, now time.Time) (FleetEvent, bool) {
+	if m.State == heartbeat.GatewayStateLeaving {
+		return FleetEvent{}, false
+	}
+	if len(f.gateways) >= f.cfg.MaxGateways && !f.evict(now) {
+		return FleetEvent{Kind: FleetRejected, Gateway: m.ID, Reason: "capacity",
+			Detail: fmt.Sprintf("gateway %s: the fleet already holds %d live gateways, the most it keeps", m.ID, f.cfg.MaxGateways)}, false
+	}
+	e := &gatewayEntry{}
+	f.gateways[m.ID] = e
+	f.fill(e, m, now)
+	return FleetEvent{Kind: FleetJoin, Gateway: m.ID}, true
+}
+
+// fromOlderProcess judges a heartbeat of a process started before the
+// known one, which never changes the known one (not even its LastSeen).
+// The first one seen is a restart's straggler; further ones prove a second
+// live process claiming the id.
+func (f *Fleet) fromOlderProcess(e *gatewayEntry, m *heartbeat.GatewayMessage) FleetEvent {
+	if m.State == heartbeat.GatewayStateLeaving {
+		return FleetEvent{}
+	}
+	if !m.StartedAt.Equal(e.prevStartedAt) {
+		if m.StartedAt.After(e.prevStartedAt) {
+			e.prevStartedAt, e.prevSeq = m.StartedAt, m.Seq
+		}
+		return FleetEvent{}
+	}
+	if m.Seq <= e.prevSeq {
+		return FleetEvent{}
+	}
+	e.prevSeq = m.Seq
+	return FleetEvent{Kind: FleetConflict, Gateway: m.ID, Reason: "process",
+		Detail: "two live gateway processes claim id " + m.ID + " (started at " + e.StartedAt.Format(time.RFC3339Nano) +
+			" and " + m.StartedAt.Format(time.RFC3339Nano) + "); give each gateway its own gateway_id"}
 }
 
 // StateLeftName and the other gateway states as reported.
@@ -200,6 +292,9 @@ func (f *Fleet) fill(e *gatewayEntry, m *heartbeat.GatewayMessage, now time.Time
 	}
 	if state != e.GatewayState || !m.StartedAt.Equal(e.StartedAt) {
 		e.Since = now
+	}
+	if !m.StartedAt.Equal(e.StartedAt) {
+		e.obsSeq = 0 // observation seqs count per process
 	}
 	e.GatewayMessage = *m
 	e.GatewayMessage.Primary = slices.Clone(m.Primary)
@@ -269,8 +364,11 @@ func (f *Fleet) ObserveFailures(subject string, data []byte, now time.Time) (*he
 	f.mu.Unlock()
 	if err != nil {
 		reason := "unannounced"
-		if err == errRate {
+		switch err {
+		case ErrObservationRate:
 			reason = "rate"
+		case ErrObservationSeq:
+			reason = "seq"
 		}
 		f.emit(FleetEvent{Kind: FleetIgnored, Gateway: o.Gateway, Reason: reason, Detail: err.Error()})
 		return nil, err
@@ -283,13 +381,13 @@ func (f *Fleet) admitObservation(o *heartbeat.Observation, now time.Time) error 
 	if e == nil || !e.live(now) || !e.StartedAt.Equal(o.StartedAt) {
 		return ErrUnannounced
 	}
-	if e.observations.lim == nil {
-		e.observations.take(now, ObservationRate)
-		return nil
+	if o.Seq <= e.obsSeq {
+		return ErrObservationSeq
 	}
-	if !e.observations.take(now, ObservationRate) {
-		return errRate
+	if !e.observations.takeBurst(now, ObservationRate, ObservationBurst) {
+		return ErrObservationRate
 	}
+	e.obsSeq = o.Seq
 	return nil
 }
 
@@ -346,17 +444,10 @@ func (f *Fleet) Versions(now time.Time) []string {
 }
 
 // Close stops reporting events.
-func (f *Fleet) Close() {
-	f.mu.Lock()
-	f.closed = true
-	f.mu.Unlock()
-}
+func (f *Fleet) Close() { f.closed.Store(true) }
 
 func (f *Fleet) emit(ev FleetEvent) {
-	f.mu.Lock()
-	closed := f.closed
-	f.mu.Unlock()
-	if f.cfg.OnEvent != nil && !closed {
+	if f.cfg.OnEvent != nil && !f.closed.Load() {
 		ev.Gateway = sanitizeID(ev.Gateway)
 		f.cfg.OnEvent(ev)
 	}

@@ -27,10 +27,16 @@ const evictScanEvery = 100 * time.Millisecond
 // instance's announced interval.
 type bucket struct{ lim *rate.Limiter }
 
-// take spends one token, refilled at perSecond.
+// take spends one token, refilled at perSecond, of a RateBurst bucket.
 func (b *bucket) take(now time.Time, perSecond float64) bool {
+	return b.takeBurst(now, perSecond, RateBurst)
+}
+
+// takeBurst spends one token, refilled at perSecond, of a bucket of burst
+// tokens (fixed when first taken).
+func (b *bucket) takeBurst(now time.Time, perSecond float64, burst int) bool {
 	if b.lim == nil {
-		b.lim = rate.NewLimiter(rate.Limit(perSecond), RateBurst)
+		b.lim = rate.NewLimiter(rate.Limit(perSecond), burst)
 	} else {
 		b.lim.SetLimitAt(now, rate.Limit(perSecond))
 	}

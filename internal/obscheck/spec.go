@@ -28,6 +28,10 @@ var Families = map[string]Family{
 	"caddy_cx_served_version_info":                          {"gauge", []string{"service", "version"}},
 	"caddy_cx_nats_connected":                               {"gauge", nil},
 	"caddy_cx_nats_reconnects_total":                        {"counter", nil},
+	"caddy_cx_gateways":                                     {"gauge", []string{"service", "state"}},
+	"caddy_cx_fleet_messages_total":                         {"counter", []string{"kind", "result", "service"}},
+	"caddy_cx_fleet_split_view":                             {"gauge", []string{"service"}},
+	"caddy_cx_observations_applied_total":                   {"counter", []string{"service"}},
 }
 
 // TargetLabels are the labels Prometheus adds to every scraped series; no
@@ -42,6 +46,7 @@ var Preinitialised = map[string]map[string][]string{
 	"caddy_cx_heartbeats_rejected_total": {"reason": RejectionReasons},
 	"caddy_cx_retries_total":             {"reason": RetryReasons},
 	"caddy_cx_dial_refused_total":        {"reason": DialRefusalReasons},
+	"caddy_cx_fleet_messages_total":      {"kind": FleetKinds, "result": FleetResults},
 }
 
 // Events are the values of membership_events_total's event label: every
@@ -73,3 +78,10 @@ var RetryReasons = []string{"dial_error", "stale", "transport_error", "status_5x
 
 // DialRefusalReasons are the values of dial_refused_total's reason label.
 var DialRefusalReasons = []string{"loop", "network"}
+
+// FleetKinds and FleetResults are the values of fleet_messages_total's
+// kind and result labels.
+var (
+	FleetKinds   = []string{"heartbeat", "observation"}
+	FleetResults = []string{"accepted", "rejected", "ignored"}
+)
