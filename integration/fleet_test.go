@@ -177,7 +177,9 @@ func TestFleetDrain(t *testing.T) {
 				lag = -time.Second
 			}
 			drainLag = append(drainLag, lag)
-			drainFirst = append(drainFirst, firstServed(rs.Since(drained.Add(-time.Second)), "app2").Start.Sub(drained))
+			if !last.IsZero() {
+				drainFirst = append(drainFirst, firstServed(rs.Since(last), "app2").Start.Sub(drained))
+			}
 			if late := rs.Since(drained.Add(fleetBudget)).ByInstance()["app1"]; late > 0 {
 				t.Errorf("rep %d: %s started %d requests on app1 more than %v after the drain call through %s returned (the last %s after)",
 					r+1, gws[i].ID, late, fleetBudget, via.ID, ms(lag))
@@ -204,7 +206,7 @@ func TestFleetDrain(t *testing.T) {
 			rs := l.Results()
 			last := rs.lastStartServedByID("app2", drained)
 			readyLag = append(readyLag, last.Sub(ready))
-			readyFirst = append(readyFirst, firstServed(rs.Since(ready.Add(-time.Second)), "app1").Start.Sub(ready))
+			readyFirst = append(readyFirst, firstServed(rs.Since(last), "app1").Start.Sub(ready))
 			if late := rs.Since(ready.Add(fleetBudget)).ByInstance()["app2"]; late > 0 {
 				t.Errorf("rep %d: %s started %d requests on app2 more than %v after the ready call through %s returned: app1 was not back",
 					r+1, gws[i].ID, late, fleetBudget, readyVia.ID)
@@ -356,8 +358,8 @@ func TestFleetSharedFailure(t *testing.T) {
 				t.Errorf("rep %d: %s started a request on app1 %s after gw1's first failure; want none later than %v",
 					r+1, gws[i].ID, ms(last.Sub(first)), fleetBudget)
 			}
-			if i > 0 {
-				obsFirst = append(obsFirst, firstServed(rs, "app2").Start.Sub(first))
+			if i > 0 && !last.IsZero() {
+				obsFirst = append(obsFirst, firstServed(rs.Since(last), "app2").Start.Sub(first))
 			}
 			back := firstServed(rs.Since(first.Add(failTimeout/2)), "app1").Start
 			backAfter = append(backAfter, back.Sub(first))
