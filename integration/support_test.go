@@ -103,20 +103,24 @@ func (n *natsNode) jsMetaLeader() string {
 }
 
 // waitJetStream waits until every running node knows the same JetStream
-// meta leader, and returns how long that took.
+// meta leader, one of them (a dead leader is still named until the
+// election), and returns how long that took.
 func waitJetStream(t testing.TB, nodes []*natsNode, timeout time.Duration) time.Duration {
 	t.Helper()
 	start := time.Now()
 	var leaders []string
 	if !poll(timeout, func() bool {
 		leaders = leaders[:0]
+		var running []string
 		for _, node := range nodes {
 			if node.exited() {
 				continue
 			}
+			running = append(running, node.Name)
 			leaders = append(leaders, node.jsMetaLeader())
 		}
-		return len(leaders) > 0 && leaders[0] != "" && !slices.ContainsFunc(leaders, func(l string) bool { return l != leaders[0] })
+		return len(leaders) > 0 && slices.Contains(running, leaders[0]) &&
+			!slices.ContainsFunc(leaders, func(l string) bool { return l != leaders[0] })
 	}) {
 		t.Fatalf("JetStream has no meta leader all nodes agree on after %v (leaders seen: %q)", timeout, leaders)
 	}
