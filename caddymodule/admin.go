@@ -60,8 +60,8 @@ func (AdminInstances) handleInstances(w http.ResponseWriter, r *http.Request) er
 	return writeStatusJSON(w, r, statusReport(r.URL.Query()["subject_prefix"], limit))
 }
 
-// writeStatusJSON writes rep, uncached.
-func writeStatusJSON(w http.ResponseWriter, r *http.Request, rep StatusReport) error {
+// writeStatusJSON writes rep (a StatusReport, a GatewaysReport), uncached.
+func writeStatusJSON(w http.ResponseWriter, r *http.Request, rep any) error {
 	body, err := marshalStatus(rep)
 	if err != nil {
 		return caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: err}
@@ -84,7 +84,7 @@ func writeStatusJSON(w http.ResponseWriter, r *http.Request, rep StatusReport) e
 // it as text, never as markup), and U+2028/U+2029 left raw (valid JSON;
 // encoding/json escapes them for JavaScript source, 3 bytes into 6).
 // Without this, a heartbeat of < grew sixfold in every poll.
-func marshalStatus(rep StatusReport) ([]byte, error) {
+func marshalStatus(rep any) ([]byte, error) {
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false)

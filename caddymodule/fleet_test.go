@@ -511,6 +511,7 @@ func TestFleetPeerPrimaryTriggersSweep(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	b.reg.SetControls(nil) // no control follower: nothing to await
 	b.mu.Lock()
 	b.startFleet(connect(t, natsURL))
 	b.mu.Unlock()

@@ -357,11 +357,13 @@ func IPHost(rawURL string) (netip.Addr, bool) {
 // Encode returns the JSON payload of m. It does not validate m. HTML
 // characters are not escaped, which keeps the payload as small as its
 // content allows.
-func Encode(m *Message) ([]byte, error) {
+func Encode(m *Message) ([]byte, error) { return encodeJSON(m) }
+
+func encodeJSON(v any) ([]byte, error) {
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false)
-	if err := enc.Encode(m); err != nil {
+	if err := enc.Encode(v); err != nil {
 		return nil, err
 	}
 	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil

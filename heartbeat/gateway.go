@@ -359,12 +359,4 @@ func failures(obj map[string]json.RawMessage) ([]ObservedFailure, error) {
 
 // EncodeGateway returns the JSON payload of a gateway message or an
 // observation. It does not validate it.
-func EncodeGateway(v any) ([]byte, error) {
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil {
-		return nil, err
-	}
-	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
-}
+func EncodeGateway(v any) ([]byte, error) { return encodeJSON(v) }

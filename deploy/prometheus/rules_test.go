@@ -16,7 +16,7 @@ import (
 
 // requiredAlerts are the conditions an operator must hear about.
 var requiredAlerts = []string{
-	"CxNoActiveInstance", "CxPrimaryChanged", "CxNATSDisconnected", "CxHeartbeatsRejected", "CxDialRefused",
+	"CxNoActiveInstance", "CxPrimaryChanged", "CxNATSDisconnected", "CxHeartbeatsRejected", "CxDialRefused", "CxFleetSplitView",
 }
 
 // promtool returns promtool's path. It skips the test where promtool is
