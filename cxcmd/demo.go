@@ -18,7 +18,7 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "demo",
-		Usage: "[--port 8080] [--drill [--duration 2s]] [--interval 250ms] [--admin-port 2019] [--nats-port 4222]",
+		Usage: "[--port 8080] [--drill [--duration 2s]] [--interval 250ms] [--admin-port 2019] [--nats-port 4222] [--gateways 1]",
 		Short: "Runs the whole topology on this machine: NATS, the gateway, three instances",
 		Long: `
 Runs an embedded NATS server, the gateway (a Caddyfile built in memory: the cx
@@ -33,6 +33,13 @@ primary, hang it, roll all three, deploy a new version one instance at a time
 (routing one version at a time: clients switch versions exactly once); then prints requests, client-visible errors
 and time to fail over per step, and exits 0 only if no client saw an error.
 
+With --gateways N (up to 9) it runs N gateways on the one embedded NATS
+server, a fleet: gw1 in this process, gw2..gwN as child processes of this
+program on free ports (stopped with it, even if it is killed). Each has its
+status page, whose Gateways section lists them all, and its admin API, where
+POST /cx/instances/<id>/drain (or /maintenance, /ready) applies to every
+gateway.
+
 Every port is on 127.0.0.1; 0 picks a free one.`,
 		CobraFunc: func(cmd *cobra.Command) {
 			f := cmd.Flags()
@@ -44,6 +51,7 @@ Every port is on 127.0.0.1; 0 picks a free one.`,
 			f.Duration("duration", 2*time.Second, "with --drill: how long the load runs after each fault")
 			f.Int("clients", 8, "with --drill: concurrent clients")
 			f.BoolP("verbose", "v", false, "show the gateway's info logs")
+			f.Int("gateways", 1, "gateways on the embedded NATS (2 or more: a fleet; the others run as child processes)")
 			cmd.RunE = caddycmd.WrapCommandFuncForCobra(cmdDemo)
 		},
 	})
@@ -61,6 +69,7 @@ func cmdDemo(fl caddycmd.Flags) (int, error) {
 		Duration:  fl.Duration("duration"),
 		Clients:   fl.Int("clients"),
 		Verbose:   fl.Bool("verbose"),
+		Gateways:  fl.Int("gateways"),
 		Out:       os.Stdout,
 	})
 	switch {

@@ -458,6 +458,13 @@ func startGateway(t testing.TB, caddyfile string) *gateway {
 // startGatewayBin is startGateway with the caddy-cx binary bin.
 func startGatewayBin(t testing.TB, bin, caddyfile string) *gateway {
 	t.Helper()
+	return startGatewayNamed(t, "gateway", bin, caddyfile)
+}
+
+// startGatewayNamed is startGatewayBin with a name for its log (one per
+// gateway when a test runs several).
+func startGatewayNamed(t testing.TB, name, bin, caddyfile string) *gateway {
+	t.Helper()
 	dir := t.TempDir()
 	g := &gateway{
 		AdminAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
@@ -468,7 +475,7 @@ func startGatewayBin(t testing.TB, bin, caddyfile string) *gateway {
 	if err := os.WriteFile(g.file, []byte(g.expand(caddyfile)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	g.proc = newProc(t, "gateway", bin, "run", "--config", g.file, "--adapter", "caddyfile")
+	g.proc = newProc(t, name, bin, "run", "--config", g.file, "--adapter", "caddyfile")
 	g.env = []string{"XDG_DATA_HOME=" + filepath.Join(dir, "data"), "XDG_CONFIG_HOME=" + filepath.Join(dir, "config"),
 		// The race detector reports and carries on (the test's own checks
 		// still say what clients saw); checkRaces fails the test with the
@@ -483,6 +490,14 @@ func startGatewayBin(t testing.TB, bin, caddyfile string) *gateway {
 	if err := g.start(nil); err != nil {
 		t.Fatal(err)
 	}
+	g.waitUp(t)
+	return g
+}
+
+// waitUp waits until the gateway's site answers (any status), failing
+// the test with a goroutine dump if it does not within 10s.
+func (g *gateway) waitUp(t testing.TB) {
+	t.Helper()
 	_, done := g.current()
 	client := &http.Client{Timeout: time.Second}
 	up := poll(10*time.Second, func() bool {
@@ -505,7 +520,6 @@ func startGatewayBin(t testing.TB, bin, caddyfile string) *gateway {
 		t.Fatalf("gateway site %s does not answer 10s after start; the gateway's goroutines involving caddy-cx code:\n%s",
 			g.URL, g.goroutineDump())
 	}
-	return g
 }
 
 // raceMarkers start the race detector's reports in the gateway's log;

@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -22,10 +24,14 @@ import (
 // ------------------------------------------------------- NATS cluster
 
 // natsNode is one server of a NATS cluster; MonitorURL serves /connz.
+// StoreDir is its JetStream store ("" without JetStream); it survives
+// Restart.
 type natsNode struct {
 	*natsServer
+	Name        string
 	ClusterPort int
 	MonitorURL  string
+	StoreDir    string
 }
 
 // startNATSCluster starts n nats-servers on 127.0.0.1 that form one
@@ -33,9 +39,24 @@ type natsNode struct {
 // client connections and sees the other n-1 as routes.
 func startNATSCluster(t testing.TB, n int) []*natsNode {
 	t.Helper()
+	return startNATSClusterWith(t, n, false)
+}
+
+// startNATSClusterJS is startNATSCluster with JetStream on every node,
+// each with its own store dir under t.TempDir(); it also waits until the
+// JetStream meta group has a leader that every node knows.
+func startNATSClusterJS(t testing.TB, n int) []*natsNode {
+	t.Helper()
+	nodes := startNATSClusterWith(t, n, true)
+	waitJetStream(t, nodes, 20*time.Second)
+	return nodes
+}
+
+func startNATSClusterWith(t testing.TB, n int, jetstream bool) []*natsNode {
+	t.Helper()
 	nodes := make([]*natsNode, n)
 	for i := range nodes {
-		nodes[i] = &natsNode{natsServer: &natsServer{Port: freePort(t)}, ClusterPort: freePort(t)}
+		nodes[i] = &natsNode{natsServer: &natsServer{Port: freePort(t)}, ClusterPort: freePort(t), Name: fmt.Sprintf("node%d", i+1)}
 		nodes[i].URL = fmt.Sprintf("nats://127.0.0.1:%d", nodes[i].Port)
 	}
 	for i, node := range nodes {
@@ -47,11 +68,15 @@ func startNATSCluster(t testing.TB, n int) []*natsNode {
 		}
 		mon := freePort(t)
 		node.MonitorURL = fmt.Sprintf("http://127.0.0.1:%d", mon)
-		node.proc = newProc(t, fmt.Sprintf("nats-node%d-%d", i+1, node.Port), bins.nats,
-			"-a", "127.0.0.1", "-p", strconv.Itoa(node.Port),
-			"-m", strconv.Itoa(mon), "-n", fmt.Sprintf("node%d", i+1),
+		args := []string{"-a", "127.0.0.1", "-p", strconv.Itoa(node.Port),
+			"-m", strconv.Itoa(mon), "-n", node.Name,
 			"--cluster_name", "cx", "--cluster", fmt.Sprintf("nats://127.0.0.1:%d", node.ClusterPort),
-			"--routes", strings.Join(routes, ","))
+			"--routes", strings.Join(routes, ",")}
+		if jetstream {
+			node.StoreDir = filepath.Join(t.TempDir(), node.Name)
+			args = append(args, "-js", "-sd", node.StoreDir)
+		}
+		node.proc = newProc(t, fmt.Sprintf("nats-%s-%d", node.Name, node.Port), bins.nats, args...)
 		node.Restart()
 	}
 	for i, node := range nodes {
@@ -60,6 +85,46 @@ func startNATSCluster(t testing.TB, n int) []*natsNode {
 		})
 	}
 	return nodes
+}
+
+// jsMetaLeader is the JetStream meta leader the node knows ("" if none,
+// or JetStream is off, or the node does not answer).
+func (n *natsNode) jsMetaLeader() string {
+	var doc struct {
+		Meta *struct {
+			Leader string `json:"leader"`
+			Size   int    `json:"cluster_size"`
+		} `json:"meta_cluster"`
+	}
+	if getJSON(n.MonitorURL+"/jsz", &doc) != nil || doc.Meta == nil {
+		return ""
+	}
+	return doc.Meta.Leader
+}
+
+// waitJetStream waits until every running node knows the same JetStream
+// meta leader, one of them (a dead leader is still named until the
+// election), and returns how long that took.
+func waitJetStream(t testing.TB, nodes []*natsNode, timeout time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	var leaders []string
+	if !poll(timeout, func() bool {
+		leaders = leaders[:0]
+		var running []string
+		for _, node := range nodes {
+			if node.exited() {
+				continue
+			}
+			running = append(running, node.Name)
+			leaders = append(leaders, node.jsMetaLeader())
+		}
+		return len(leaders) > 0 && slices.Contains(running, leaders[0]) &&
+			!slices.ContainsFunc(leaders, func(l string) bool { return l != leaders[0] })
+	}) {
+		t.Fatalf("JetStream has no meta leader all nodes agree on after %v (leaders seen: %q)", timeout, leaders)
+	}
+	return time.Since(start)
 }
 
 // routes is how many distinct servers the node has routes to (-1 if it

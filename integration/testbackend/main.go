@@ -10,7 +10,11 @@
 //	POST /echo           echoes the request body
 //	GET  /slow?ms=N      answers after N ms
 //	     /ws             WebSocket echo
-//	POST /admin/fail?ms=N  every non-admin path answers 503 for N ms
+//	POST /admin/fail?ms=N  every non-admin path answers 503 for N ms;
+//	     &status=S answers S (500-599) instead, &header=H fails only the
+//	     requests that carry header H (e.g. one a single gateway adds)
+//	GET  /admin/failed   JSON: {"count":N,"first":T,"last":T} the failures answered since
+//	     the last POST /admin/fail
 //	GET  /admin/count    JSON: requests served per path (admin paths excluded)
 //	GET  /admin/conns    JSON: {"opened":N,"open":M} TCP connections accepted so far / open now
 //	PUT  /store          reads the whole body, records it, answers `bodylen=N sha256=HEX`;
@@ -185,6 +189,14 @@ type backend struct {
 	failUntil atomic.Int64 // unix nanos
 	total     atomic.Int64
 
+	// failStatus and failHeader shape the failures of /admin/fail: the
+	// status answered, and the header a request must carry to fail ("":
+	// every request fails).
+	failMu     sync.Mutex
+	failStatus int
+	failHeader string
+	failed     failRecord
+
 	// resetAfterBody: PUT /store resets the connection once it has read
 	// the body, as a primary that dies mid-request.
 	resetAfterBody bool
@@ -192,6 +204,33 @@ type backend struct {
 	mu     sync.Mutex
 	counts map[string]int64
 	bodies []bodyRecord
+}
+
+// failRecord counts the failures /admin/fail made the backend answer.
+type failRecord struct {
+	Count int64     `json:"count"`
+	First time.Time `json:"first,omitzero"`
+	Last  time.Time `json:"last,omitzero"`
+}
+
+// failNow reports whether r must fail now and with which status, and
+// records the failure.
+func (b *backend) failNow(r *http.Request) (int, bool) {
+	now := time.Now()
+	if now.UnixNano() >= b.failUntil.Load() {
+		return 0, false
+	}
+	b.failMu.Lock()
+	defer b.failMu.Unlock()
+	if b.failHeader != "" && r.Header.Get(b.failHeader) == "" {
+		return 0, false
+	}
+	b.failed.Count++
+	if b.failed.First.IsZero() {
+		b.failed.First = now
+	}
+	b.failed.Last = now
+	return b.failStatus, true
 }
 
 // bodyRecord is one body PUT /store received.
@@ -269,8 +308,26 @@ func (b *backend) routes() http.Handler {
 			http.Error(w, "ms must be a non-negative integer", http.StatusBadRequest)
 			return
 		}
+		status := http.StatusServiceUnavailable
+		if v := r.URL.Query().Get("status"); v != "" {
+			if status, err = strconv.Atoi(v); err != nil || status < 500 || status > 599 {
+				http.Error(w, "status must be 500 to 599", http.StatusBadRequest)
+				return
+			}
+		}
+		b.failMu.Lock()
+		b.failStatus, b.failHeader = status, r.URL.Query().Get("header")
+		b.failed = failRecord{}
+		b.failMu.Unlock()
 		b.failUntil.Store(time.Now().Add(time.Duration(ms) * time.Millisecond).UnixNano())
 		fmt.Fprintf(w, "failing for %dms", ms)
+	})
+	mux.HandleFunc("GET /admin/failed", func(w http.ResponseWriter, r *http.Request) {
+		b.failMu.Lock()
+		data, _ := json.Marshal(b.failed)
+		b.failMu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(data)
 	})
 	mux.HandleFunc("GET /admin/count", func(w http.ResponseWriter, r *http.Request) {
 		b.mu.Lock()
@@ -302,8 +359,8 @@ func (b *backend) routes() http.Handler {
 		b.mu.Lock()
 		b.counts[r.URL.Path]++
 		b.mu.Unlock()
-		if time.Now().UnixNano() < b.failUntil.Load() {
-			http.Error(w, "failing on purpose (/admin/fail)", http.StatusServiceUnavailable)
+		if status, fail := b.failNow(r); fail {
+			http.Error(w, "failing on purpose (/admin/fail)", status)
 			return
 		}
 		mux.ServeHTTP(w, r)

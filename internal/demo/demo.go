@@ -35,6 +35,10 @@ type Options struct {
 	// Verbose shows the gateway's info logs (errors only otherwise: the
 	// membership log says the rest).
 	Verbose bool
+	// Gateways is how many gateways run on the embedded NATS, gw1..gwN;
+	// default 1. Gateway 1 runs in this process, the others are child
+	// processes on free ports (Caddy is one per process).
+	Gateways int
 	// Out receives the URLs, the membership log and the report.
 	Out io.Writer
 }
@@ -59,6 +63,9 @@ func (o *Options) setDefaults() error {
 	if o.Clients == 0 {
 		o.Clients = 8
 	}
+	if o.Gateways == 0 {
+		o.Gateways = 1
+	}
 	if o.Out == nil {
 		o.Out = io.Discard
 	}
@@ -69,6 +76,8 @@ func (o *Options) setDefaults() error {
 		return fmt.Errorf("--duration %v: use at least 100ms", o.Duration)
 	case o.Clients < 1 || o.Clients > 1000:
 		return fmt.Errorf("--clients %d: use 1 to 1000", o.Clients)
+	case o.Gateways < 1 || o.Gateways > MaxGateways:
+		return fmt.Errorf("--gateways %d: use 1 to %d", o.Gateways, MaxGateways)
 	}
 	var err error
 	for _, p := range []struct {
@@ -103,6 +112,13 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		return nil, err
 	}
 	defer func() { _ = gw.stop() }()
+	// Gateways 2..N run on gateway 1's embedded NATS, so they stop first
+	// (deferred later), announcing that they leave while it still runs.
+	children, err := startChildGateways(&o)
+	if err != nil {
+		return nil, err
+	}
+	defer stopChildGateways(children)
 	natsURL := fmt.Sprintf("nats://127.0.0.1:%d", o.NATSPort)
 	w, err := startWatch(natsURL, o.Prefix, o.Out)
 	if err != nil {
@@ -112,7 +128,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	fleet := newFleet(natsURL, &o)
 	defer fleet.leave(w)
 	site := fmt.Sprintf("http://127.0.0.1:%d", o.Port)
-	printURLs(&o, site)
+	printURLs(&o, site, children)
 	if err := fleet.start(ctx, w, site); err != nil {
 		return nil, err
 	}
@@ -140,10 +156,14 @@ func runDrill(ctx context.Context, o *Options, w *watch, f *fleet, site string) 
 	return report, report.versionsErr()
 }
 
-func printURLs(o *Options, site string) {
+func printURLs(o *Options, site string, children []*childGateway) {
 	admin := fmt.Sprintf("http://127.0.0.1:%d", o.AdminPort)
 	out := o.Out
-	fmt.Fprintf(out, "caddy-cx demo: an embedded NATS server, the gateway and three instances on this machine.\n\n")
+	if len(children) == 0 {
+		fmt.Fprintf(out, "caddy-cx demo: an embedded NATS server, the gateway and three instances on this machine.\n\n")
+	} else {
+		fmt.Fprintf(out, "caddy-cx demo: an embedded NATS server, %d gateways and three instances on this machine.\n\n", len(children)+1)
+	}
 	fmt.Fprintf(out, "  site            %s/\n", site)
 	fmt.Fprintf(out, "  status page     %s/ha\n", site)
 	if get(admin+"/cx/instances") == http.StatusOK {
@@ -152,6 +172,9 @@ func printURLs(o *Options, site string) {
 	fmt.Fprintf(out, "  metrics         %s/metrics\n", admin)
 	fmt.Fprintf(out, "  admin API       %s/config/\n", admin)
 	fmt.Fprintf(out, "  NATS            nats://127.0.0.1:%d   (watch: nats sub '%s.>' -s nats://127.0.0.1:%d)\n\n", o.NATSPort, o.Prefix, o.NATSPort)
+	if len(children) > 0 {
+		printGateways(o, site, admin, children)
+	}
 	fmt.Fprintf(out, "app1 has priority 0 (the primary); app2 and app3 have priority 1 (the backups).\n")
 	fmt.Fprintf(out, "All three run version %s; the gateway routes one version at a time (versions consistent).\n", StartVersion)
 	fmt.Fprintf(out, "Membership, one line per change:\n")
@@ -165,4 +188,19 @@ func get(url string) int {
 	}
 	resp.Body.Close()
 	return resp.StatusCode
+}
+
+// printGateways lists every gateway of the fleet: gw1 is this process (the
+// URLs above), the others its child processes, all on one NATS.
+func printGateways(o *Options, site, admin string, children []*childGateway) {
+	out := o.Out
+	fmt.Fprintf(out, "%d gateways on that NATS server, each with its status page (Gateways section) and admin API:\n", len(children)+1)
+	line := func(id, site, admin string) {
+		fmt.Fprintf(out, "  %-4s site %s/  status page %s/ha  gateways %s/cx/gateways\n", id, site, site, admin)
+	}
+	line("gw1", site, admin)
+	for _, c := range children {
+		line(c.id, c.site(), c.admin())
+	}
+	fmt.Fprintf(out, "Try: curl -X POST %s/cx/instances/app1/drain   (then .../app1/ready) and watch every status page.\n\n", admin)
 }

@@ -3,7 +3,9 @@ package demo
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -16,12 +18,26 @@ import (
 	"testing"
 	"time"
 
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 	"golang.org/x/net/websocket"
 
 	_ "github.com/caddy-cx/caddy-cx/caddymodule"
 	"github.com/caddy-cx/caddy-cx/membership"
 )
+
+// childMarker in the environment makes this test binary the caddy-cx CLI:
+// the demo runs it as its child gateways (gatewayExecutable is
+// os.Executable, the test binary here).
+const childMarker = "CX_DEMO_TEST_CHILD"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(childMarker) == "1" {
+		caddycmd.Main() // exits
+	}
+	childEnv = []string{childMarker + "=1"}
+	os.Exit(m.Run())
+}
 
 // syncBuffer is the demo's output, with a signal when a line appears.
 type syncBuffer struct {
@@ -320,4 +336,138 @@ func siteOf(t *testing.T, out string) string {
 	}
 	t.Fatalf("no site URL in the output:\n%s", out)
 	return ""
+}
+
+// TestDemoGateways runs `demo --gateways 3`: gw1 in process, gw2 and gw3
+// as child processes on gw1's embedded NATS. Each one's GET /cx/gateways
+// lists the three as active, naming itself; each site serves app1; and
+// cancelling the demo stops the children (their ports close).
+func TestDemoGateways(t *testing.T) {
+	out := newSyncBuffer("Ctrl-C stops everything.")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := Run(ctx, Options{Out: out, Gateways: 3})
+		done <- err
+	}()
+	stopped := false
+	stop := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run after cancel: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Error("Run did not return 30s after cancel")
+		}
+	}
+	t.Cleanup(stop)
+	out.await(t, "Ctrl-C stops everything.")
+	gws := gatewaysOf(t, out.String())
+	if len(gws) != 3 {
+		t.Fatalf("the demo lists %d gateways, want 3:\n%s", len(gws), out)
+	}
+	ids := []string{"gw1", "gw2", "gw3"}
+	for i, g := range gws {
+		if g.id != ids[i] {
+			t.Fatalf("gateway %d is %q, want %s:\n%s", i+1, g.id, ids[i], out)
+		}
+		var last string
+		if !pollUntil(15*time.Second, func() bool {
+			var doc struct {
+				Services []struct {
+					Gateways []struct {
+						ID    string `json:"id"`
+						Self  bool   `json:"self"`
+						State string `json:"state"`
+					} `json:"gateways"`
+				} `json:"services"`
+				GatewayID string `json:"gateway_id"`
+			}
+			status, err := getJSON(g.admin, &doc)
+			last = fmt.Sprintf("status %d, %v, %+v", status, err, doc)
+			if err != nil || len(doc.Services) != 1 || doc.GatewayID != g.id {
+				return false
+			}
+			var active []string
+			for _, other := range doc.Services[0].Gateways {
+				if other.State == "active" && other.Self == (other.ID == g.id) {
+					active = append(active, other.ID)
+				}
+			}
+			slices.Sort(active)
+			return slices.Equal(active, ids)
+		}) {
+			t.Errorf("%s: GET %s does not list gw1, gw2 and gw3 active within 15s; last: %s", g.id, g.admin, last)
+		}
+		resp, err := http.Get(g.site + "/")
+		if err != nil {
+			t.Fatalf("%s: %v", g.id, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(body), "Served by app1") {
+			t.Errorf("%s: GET %s/: %s\n%s", g.id, g.site, resp.Status, body)
+		}
+	}
+	stop()
+	for _, g := range gws[1:] {
+		addr := strings.TrimPrefix(strings.TrimSuffix(g.admin, "/cx/gateways"), "http://")
+		if !pollUntil(10*time.Second, func() bool {
+			c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+			if err == nil {
+				c.Close()
+			}
+			return err != nil
+		}) {
+			t.Errorf("%s still accepts connections on its admin API %s after the demo ended", g.id, addr)
+		}
+	}
+}
+
+// demoGateway is one line of the demo's gateway list.
+type demoGateway struct{ id, site, admin string }
+
+// gatewaysOf parses the demo's gateway list: `gwN site URL/ status page
+// URL/ha gateways URL/cx/gateways`.
+func gatewaysOf(t *testing.T, out string) []demoGateway {
+	t.Helper()
+	var gws []demoGateway
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 8 && strings.HasPrefix(f[0], "gw") && f[1] == "site" && f[6] == "gateways" {
+			gws = append(gws, demoGateway{id: f[0], site: strings.TrimSuffix(f[2], "/"), admin: f[7]})
+		}
+	}
+	return gws
+}
+
+func pollUntil(timeout time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return true
+}
+
+// getJSON GETs url and decodes a 200 answer into v.
+func getJSON(url string, v any) (int, error) {
+	c := &http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return resp.StatusCode, fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return resp.StatusCode, json.NewDecoder(resp.Body).Decode(v)
 }

@@ -33,7 +33,7 @@ func caddyfileFor(o *Options) string {
 		level %s
 	}
 	cx {
-		embedded_nats 127.0.0.1:%d
+		embedded_nats 127.0.0.1:%d%s
 	}
 }
 
@@ -43,9 +43,18 @@ http://:%d {
 		subject_prefix %s
 		versions consistent
 	}
-`, o.AdminPort, o.logLevel(), o.NATSPort, o.Port, o.Prefix)
+`, o.AdminPort, o.logLevel(), o.NATSPort, gatewayIDLine(o), o.Port, o.Prefix)
 	b.WriteString("\tcx_status /ha\n}\n")
 	return b.String()
+}
+
+// gatewayIDLine names gateway 1 when the demo runs several (the host
+// name, the default, otherwise).
+func gatewayIDLine(o *Options) string {
+	if o.Gateways > 1 {
+		return "\n\t\tgateway_id gw1"
+	}
+	return ""
 }
 
 // startGateway adapts and loads the demo Caddyfile.
