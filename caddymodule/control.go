@@ -51,6 +51,11 @@ type controlState struct {
 	following atomic.Bool
 	// rejected counts bucket values that failed to decode.
 	rejected atomic.Uint64
+	// known is the latest bucket revision applied or written, and
+	// catching is set while a catch-up reads what a peer announced
+	// (control_catchup.go).
+	known    atomic.Uint64
+	catching atomic.Bool
 
 	mu sync.Mutex
 	// released is set once the registry got its first controls (the
@@ -201,6 +206,7 @@ func (c *controlState) follow() error {
 			}
 			continue
 		}
+		c.noteRevision(e.Revision())
 		id, ctl, ok := c.decode(e)
 		if !ok {
 			continue
@@ -321,6 +327,9 @@ func (s *Service) setControl(ctx context.Context, id string, state membership.Co
 		return ctl, 0, c.writeError(err)
 	}
 	c.apply(id, ctl, rev)
+	c.noteRevision(rev)
+	// peers whose watch stalls read it by revision (control_catchup.go)
+	s.announceSoon()
 	return ctl, rev, nil
 }
 

@@ -236,6 +236,20 @@ func (f *fleetState) run() {
 	}
 }
 
+// announceSoon asks for a gateway heartbeat now rather than at the next
+// period (a control write: peers learn its revision).
+func (s *Service) announceSoon() {
+	f := s.fleetNow()
+	if f == nil {
+		return
+	}
+	f.wantBeat.Store(true)
+	select {
+	case f.kick <- struct{}{}:
+	default:
+	}
+}
+
 // renamed starts the fleet anew, off run's goroutine, when a reload gave
 // the gateway another gateway_id: the old id says it leaves, the new one
 // joins with a new started_at.
@@ -294,7 +308,7 @@ func (f *fleetState) beatWith(now time.Time, state string, primary []string) {
 		StartedAt: f.startedAt, Seq: f.seq.Add(1), IntervalMS: int(heartbeat.DefaultGatewayPeriod / time.Millisecond),
 		Version: f.version, NATSServer: truncateRunes(f.nc.ConnectedServerName(), heartbeat.MaxNATSServerLen),
 		Primary: primary, InFlight: min(int64(f.svc.inflight.total()), heartbeat.MaxGatewayInFlight),
-		Control: f.svc.controlFollowing(),
+		Control: f.svc.controlFollowing(), ControlRevision: f.svc.controlRevision(),
 	}
 	data, err := heartbeat.EncodeGateway(&msg)
 	if err != nil {

@@ -70,6 +70,7 @@ func (f *fleetState) onGatewayMsg(msg *nats.Msg) {
 	if m.ID == f.self || m.State != heartbeat.GatewayStateActive {
 		return
 	}
+	f.svc.controlCatchUp(m.ControlRevision)
 	if !samePrimary(m.Primary, capPrimary(f.svc.primaryIDs(now))) {
 		// judge staleness now, as the peer does: both then route alike
 		f.svc.reg.Sweep(now)

@@ -52,6 +52,10 @@ type GatewayMessage struct {
 	// Control is true while the gateway follows the fleet's control
 	// bucket (JetStream available).
 	Control bool `json:"control"`
+	// ControlRevision is the latest revision of the control bucket the
+	// gateway has applied or written: a peer that is behind (its watch
+	// stalled with a NATS node) fetches what it missed at once.
+	ControlRevision int64 `json:"control_revision,omitempty"`
 }
 
 // Interval is IntervalMS as a duration.
@@ -252,6 +256,13 @@ func (m *GatewayMessage) decodeRest(obj map[string]json.RawMessage) error {
 			return err
 		}
 		m.InFlight = int64(n)
+	}
+	if raw, ok := obj["control_revision"]; ok && !bytes.Equal(raw, []byte("null")) {
+		n, err := requiredInt("control_revision", raw, 0, MaxSeq)
+		if err != nil {
+			return err
+		}
+		m.ControlRevision = int64(n)
 	}
 	return field(obj, "control", &m.Control, false)
 }

@@ -17,7 +17,7 @@ const (
 
 // gatewayExample is a valid gateway heartbeat of gw1.
 const gatewayExample = `{"proto":1,"kind":"gateway","id":"gw1","state":"active","started_at":"2026-11-25T21:00:00.5Z",` +
-	`"seq":7,"interval_ms":1000,"version":"v1.2.0","nats_server":"n1","primary":["app1","app2"],"inflight":3,"control":true}`
+	`"seq":7,"interval_ms":1000,"version":"v1.2.0","nats_server":"n1","primary":["app1","app2"],"inflight":3,"control":true,"control_revision":42}`
 
 // observationExample is a valid observation of gw1.
 const observationExample = `{"proto":1,"kind":"observation","gateway":"gw1","started_at":"2026-11-25T21:00:00.5Z",` +
@@ -66,7 +66,7 @@ func TestDecodeGateway(t *testing.T) {
 		{name: "example", data: []byte(gatewayExample), check: func(m *GatewayMessage) bool {
 			return m.ID == "gw1" && m.State == GatewayStateActive && m.Seq == 7 && m.Interval() == time.Second &&
 				m.Version == "v1.2.0" && m.NATSServer == "n1" && reflect.DeepEqual(m.Primary, []string{"app1", "app2"}) &&
-				m.InFlight == 3 && m.Control && m.StartedAt.Equal(time.Date(2026, 11, 25, 21, 0, 0, 5e8, time.UTC))
+				m.InFlight == 3 && m.Control && m.ControlRevision == 42 && m.StartedAt.Equal(time.Date(2026, 11, 25, 21, 0, 0, 5e8, time.UTC))
 		}},
 		{name: "leaving", data: edit(t, gatewayExample, "state", "leaving"), check: func(m *GatewayMessage) bool { return m.State == GatewayStateLeaving }},
 		{name: "optional fields missing", data: edit(t, gatewayExample, "version", nil, "nats_server", nil, "primary", nil, "inflight", nil, "control", nil),
@@ -78,6 +78,9 @@ func TestDecodeGateway(t *testing.T) {
 		{name: "unknown fields ignored", data: edit(t, gatewayExample, "future", []any{1, "x"}), check: func(m *GatewayMessage) bool { return m.ID == "gw1" }},
 		{name: "16 primaries", data: edit(t, gatewayExample, "primary", ids(16))},
 		{name: "max inflight", data: edit(t, gatewayExample, "inflight", raw("2147483647"))},
+		{name: "max control_revision", data: edit(t, gatewayExample, "control_revision", raw("9007199254740991"))},
+		{name: "control_revision null", data: edit(t, gatewayExample, "control_revision", raw("null")),
+			check: func(m *GatewayMessage) bool { return m.ControlRevision == 0 }},
 
 		// every required field missing
 		{name: "proto missing", data: edit(t, gatewayExample, "proto", nil), field: "proto"},
@@ -130,6 +133,9 @@ func TestDecodeGateway(t *testing.T) {
 		{name: "primary twice", data: edit(t, gatewayExample, "primary", []any{"a", "a"}), field: "primary"},
 		{name: "inflight negative", data: edit(t, gatewayExample, "inflight", -1), field: "inflight"},
 		{name: "inflight 2^31", data: edit(t, gatewayExample, "inflight", raw("2147483648")), field: "inflight"},
+		{name: "control_revision negative", data: edit(t, gatewayExample, "control_revision", -1), field: "control_revision"},
+		{name: "control_revision 2^53", data: edit(t, gatewayExample, "control_revision", raw("9007199254740992")), field: "control_revision"},
+		{name: "control_revision fraction", data: edit(t, gatewayExample, "control_revision", raw("1.5")), field: "control_revision"},
 
 		// case variants never stand for the field; duplicates: the last wins, as in encoding/json
 		{name: "ID does not override id", data: []byte(strings.Replace(gatewayExample, `"id":"gw1"`, `"ID":"gw2","id":"gw1","Id":"x y"`, 1)),
