@@ -356,7 +356,7 @@ func (f *Fleet) ObserveFailures(subject string, data []byte, now time.Time) (*he
 		f.emit(FleetEvent{Kind: FleetIgnored, Gateway: id, Reason: reasonOf(err), Detail: err.Error()})
 		return nil, err
 	}
-	if o.Gateway == f.cfg.Self {
+	if o.Gateway == f.cfg.Self && (f.cfg.SelfStartedAt.IsZero() || o.StartedAt.Equal(f.cfg.SelfStartedAt)) {
 		return nil, nil
 	}
 	f.mu.Lock()
@@ -377,6 +377,9 @@ func (f *Fleet) ObserveFailures(subject string, data []byte, now time.Time) (*he
 }
 
 func (f *Fleet) admitObservation(o *heartbeat.Observation, now time.Time) error {
+	if o.Gateway == f.cfg.Self {
+		return ErrUnannounced // another process speaking for this gateway
+	}
 	e := f.gateways[o.Gateway]
 	if e == nil || !e.live(now) || !e.StartedAt.Equal(o.StartedAt) {
 		return ErrUnannounced

@@ -538,6 +538,21 @@ func TestFleetObservations(t *testing.T) {
 		t.Fatal("garbage accepted")
 	}
 	rec.must(t, "ignored/unannounced", "ignored/proto")
+
+	// with the own process known, another process on the own id is
+	// counted, not taken for the own
+	own, rec := newFleet(FleetConfig{Self: "gw1", SelfStartedAt: p0})
+	observeGW(t, own, at(0), "gw1", 1)
+	rec.take()
+	subject, data = obsMsg(t, "gw1", p0, 1)
+	if o, err := own.ObserveFailures(subject, data, at(time.Second)); o != nil || err != nil {
+		t.Fatalf("own observation: %+v, %v", o, err)
+	}
+	subject, data = obsMsg(t, "gw1", p0.Add(time.Second), 2)
+	if o, err := own.ObserveFailures(subject, data, at(time.Second)); o != nil || !errors.Is(err, ErrUnannounced) {
+		t.Fatalf("another process on the own id: %+v, %v", o, err)
+	}
+	rec.must(t, "ignored/unannounced")
 }
 
 // Attack: an announced gateway (or one spoofing it) floods observations.
