@@ -182,7 +182,8 @@ func (g *fleetGateway) mustControl(t testing.TB, id, action string) (controlAnsw
 
 // -------------------------------------------------------- fleet view
 
-// gatewayStatus is one gateway in GET /cx/gateways (FLEET.md's contract).
+// gatewayStatus is one gateway in GET /cx/gateways, decoded as a client
+// would (docs/METRICS.md), not with the gateway's own type.
 type gatewayStatus struct {
 	ID                  string    `json:"id"`
 	Self                bool      `json:"self"`

@@ -3,7 +3,6 @@ package demo
 import (
 	"fmt"
 	"net"
-	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -21,8 +20,13 @@ type gateway struct {
 // server, one site with cx_proxy (routing one version at a time, so that the
 // drill's deploy switches clients once) and cx_status at /ha.
 func caddyfileFor(o *Options) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, `{
+	return demoCaddyfile(o, fmt.Sprintf("embedded_nats 127.0.0.1:%d%s", o.NATSPort, gatewayIDLine(o)), o.Port, o.AdminPort)
+}
+
+// demoCaddyfile is a demo gateway's configuration with the given cx
+// options, site and admin ports.
+func demoCaddyfile(o *Options, cxOptions string, sitePort, adminPort int) string {
+	return fmt.Sprintf(`{
 	admin 127.0.0.1:%d
 	persist_config off
 	auto_https off
@@ -33,7 +37,7 @@ func caddyfileFor(o *Options) string {
 		level %s
 	}
 	cx {
-		embedded_nats 127.0.0.1:%d%s
+		%s
 	}
 }
 
@@ -43,9 +47,9 @@ http://:%d {
 		subject_prefix %s
 		versions consistent
 	}
-`, o.AdminPort, o.logLevel(), o.NATSPort, gatewayIDLine(o), o.Port, o.Prefix)
-	b.WriteString("\tcx_status /ha\n}\n")
-	return b.String()
+	cx_status /ha
+}
+`, adminPort, o.logLevel(), cxOptions, sitePort, o.Prefix)
 }
 
 // gatewayIDLine names gateway 1 when the demo runs several (the host

@@ -45,31 +45,7 @@ func (c *childGateway) logPath() string {
 // childCaddyfile is gateway id's configuration: the same site as gateway
 // 1's (caddyfileFor), on its own ports, on gateway 1's NATS server.
 func childCaddyfile(o *Options, id string, sitePort, adminPort int) string {
-	return fmt.Sprintf(`{
-	admin 127.0.0.1:%d
-	persist_config off
-	auto_https off
-	servers {
-		protocols h1
-	}
-	log {
-		level %s
-	}
-	cx {
-		nats nats://127.0.0.1:%d
-		gateway_id %s
-	}
-}
-
-http://:%d {
-	bind 127.0.0.1
-	cx_proxy {
-		subject_prefix %s
-		versions consistent
-	}
-	cx_status /ha
-}
-`, adminPort, o.logLevel(), o.NATSPort, id, sitePort, o.Prefix)
+	return demoCaddyfile(o, fmt.Sprintf("nats nats://127.0.0.1:%d\n\t\tgateway_id %s", o.NATSPort, id), sitePort, adminPort)
 }
 
 // startChildGateways starts gateways gw2..gwN and waits until each one's
