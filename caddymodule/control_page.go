@@ -87,13 +87,30 @@ func pageActor(r *http.Request) (actor, by string) {
 
 // loopbackClient reports whether the client is on this machine: the
 // client address Caddy determined (trusted_proxies apply), else the peer.
+// A proxy on this machine that Caddy was not told to trust makes every
+// client look local; it says so in its forwarding headers, and such a
+// request is not taken for a local one.
 func loopbackClient(r *http.Request) bool {
+	peer, _, _ := net.SplitHostPort(r.RemoteAddr)
 	addr, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
 	if addr == "" {
-		addr, _, _ = net.SplitHostPort(r.RemoteAddr)
+		addr = peer
 	}
 	ip, err := netip.ParseAddr(addr)
-	return err == nil && ip.Unmap().IsLoopback()
+	if err != nil || !ip.Unmap().IsLoopback() {
+		return false
+	}
+	return addr != peer || !forwarded(r.Header)
+}
+
+// forwarded reports whether a proxy forwarded the request.
+func forwarded(h http.Header) bool {
+	for _, name := range []string{"Forwarded", "X-Forwarded-For", "X-Real-Ip"} {
+		if h.Get(name) != "" {
+			return true
+		}
+	}
+	return false
 }
 
 // sameOrigin reports whether the request comes from a page of this host:

@@ -98,6 +98,12 @@ func TestStatusPageActionsRefuseForgery(t *testing.T) {
 		{"wrong origin", loop, "", form(local), map[string]string{"Origin": "http://evil.example"}, 403, "Origin"},
 		{"no origin, cross-site", loop, "", form(local), map[string]string{"Sec-Fetch-Site": "cross-site"}, 403, "Origin"},
 		{"remote unauthenticated", remote, "", form(local), origin, 403, "basic_auth"},
+		// a proxy on this machine that Caddy does not trust (no
+		// trusted_proxies) makes a remote client look local
+		{"forwarded through an untrusted local proxy", loop, "", form(local),
+			map[string]string{"Origin": "http://gw.example:8080", "X-Forwarded-For": "203.0.113.9"}, 403, "basic_auth"},
+		{"Forwarded through an untrusted local proxy", loop, "", form(local),
+			map[string]string{"Origin": "http://gw.example:8080", "Forwarded": "for=203.0.113.9"}, 403, "basic_auth"},
 		{"unknown action", loop, "", url.Values{"action": {"evict"}, "id": {"app1"}, "csrf": {local}}, origin, 404, "drain, maintenance or ready"},
 		{"bad id", loop, "", url.Values{"action": {"drain"}, "id": {"../x"}, "csrf": {local}}, origin, 400, "A-Z"},
 	} {
