@@ -56,6 +56,7 @@ type controlState struct {
 	// (control_catchup.go).
 	known    atomic.Uint64
 	catching atomic.Bool
+	catchUps sync.WaitGroup
 
 	mu sync.Mutex
 	// released is set once the registry got its first controls (the
@@ -72,25 +73,28 @@ type controlState struct {
 func (s *Service) startControl(nc *nats.Conn) {
 	c := &controlState{s: s, logs: oncePer(controlLogEvery), done: make(chan struct{}), revisions: map[string]uint64{}}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
-	s.control = c
 	if c.keyErr = controlPrefixError(s.prefix); c.keyErr != nil {
 		s.log.logger.Warn("drain and maintenance are unavailable for this service", zap.Error(c.keyErr))
 		s.reg.SetControls(nil)
 		close(c.done)
+		s.control.Store(c)
 		return
 	}
 	c.bucket = acquireBucket(nc)
+	// published whole: admin requests read it without the service's lock
+	s.control.Store(c)
 	go c.run()
 }
 
 // stopControl stops following it.
 func (s *Service) stopControl() {
-	c := s.control
+	c := s.control.Load()
 	if c == nil {
 		return
 	}
 	c.cancel()
 	<-c.done
+	c.catchUps.Wait()
 	c.following.Store(false)
 	if c.bucket != nil {
 		c.bucket.release()
@@ -100,7 +104,7 @@ func (s *Service) stopControl() {
 // controlFollowing reports whether the service follows the control bucket
 // now (for the gateway heartbeat's control field).
 func (s *Service) controlFollowing() bool {
-	c := s.control
+	c := s.control.Load()
 	return c != nil && c.following.Load() && c.bucket.nc.IsConnected()
 }
 
@@ -129,7 +133,7 @@ func (c *controlState) run() {
 		}
 		if err != nil {
 			c.bucket.forget(err)
-			if jetStreamUnavailable(err) {
+			if jetStreamUnavailable(err, c.bucket.nc) {
 				c.releaseRouting()
 			}
 			if held, ok := c.logs.due("watch", time.Now()); ok {
@@ -300,7 +304,7 @@ func (e errControlUnavailable) Unwrap() error { return e.err }
 // setControl writes id's control entry for the fleet and applies it here
 // before returning, with the bucket revision it was written at.
 func (s *Service) setControl(ctx context.Context, id string, state membership.ControlState, by string) (membership.Control, uint64, error) {
-	c := s.control
+	c := s.control.Load()
 	if c == nil {
 		return membership.Control{}, 0, errControlUnavailable{errors.New("the service is not connected to NATS yet")}
 	}
@@ -338,7 +342,7 @@ var errUnknownInstance = errors.New("unknown instance")
 
 // writeError is what a failed write tells the operator.
 func (c *controlState) writeError(err error) error {
-	if jetStreamUnavailable(err) {
+	if jetStreamUnavailable(err, c.bucket.nc) {
 		return errControlUnavailable{errNoJetStream}
 	}
 	return errControlUnavailable{fmt.Errorf("writing the %s bucket on NATS: %w", ControlBucket, err)}

@@ -86,7 +86,7 @@ func (b *controlBucket) open(ctx context.Context, warn func(error)) (jetstream.K
 		cfg.Replicas = controlReplicas
 	}
 	kv, err := js.CreateKeyValue(ctx, cfg)
-	if err != nil && cfg.Replicas > 1 && !errors.Is(err, jetstream.ErrBucketExists) && !jetStreamUnavailable(err) {
+	if err != nil && cfg.Replicas > 1 && !errors.Is(err, jetstream.ErrBucketExists) && !jetStreamUnavailable(err, b.nc) {
 		warn(err)
 		cfg.Replicas = 1
 		kv, err = js.CreateKeyValue(ctx, cfg)
@@ -102,9 +102,12 @@ func (b *controlBucket) open(ctx context.Context, warn func(error)) (jetstream.K
 }
 
 // forget drops the handle after the bucket went missing (deleted by
-// hand), so that the next open creates it again.
+// hand), so that the next open creates it again. nats.go reports a
+// deleted bucket's stream in several ways: a put finds no stream to
+// answer it, a new watch the legacy "stream not found".
 func (b *controlBucket) forget(err error) {
-	if errors.Is(err, jetstream.ErrBucketNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
+	if errors.Is(err, jetstream.ErrBucketNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) ||
+		errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrStreamNotFound) {
 		b.mu.Lock()
 		b.kv = nil
 		b.mu.Unlock()
@@ -113,9 +116,19 @@ func (b *controlBucket) forget(err error) {
 
 // jetStreamUnavailable reports whether err says that the NATS servers (or
 // the account) run without JetStream, as opposed to a passing failure.
-func jetStreamUnavailable(err error) bool {
-	return errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) ||
-		errors.Is(err, nats.ErrNoResponders)
+// No responders means that only when the server nc is connected to says
+// it runs without JetStream: a server that has it may not answer yet
+// (just started, electing a leader), and taking that for "none" would
+// release routing before the holds are read.
+func jetStreamUnavailable(err error, nc *nats.Conn) bool {
+	if errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
+		return true
+	}
+	if !errors.Is(err, nats.ErrNoResponders) || !nc.IsConnected() {
+		return false
+	}
+	enabled, _ := nc.ConnectedServerJetStream()
+	return !enabled
 }
 
 // errNoJetStream is what an operator is told when the control bucket

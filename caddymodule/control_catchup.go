@@ -29,7 +29,7 @@ const directGetTimeout = 500 * time.Millisecond
 // controlRevision is the latest bucket revision the service applied or
 // wrote, for its gateway heartbeat.
 func (s *Service) controlRevision() int64 {
-	c := s.control
+	c := s.control.Load()
 	if c == nil {
 		return 0
 	}
@@ -50,14 +50,16 @@ func (c *controlState) noteRevision(rev uint64) {
 // this gateway has not seen, off the caller's goroutine, one catch-up at
 // a time.
 func (s *Service) controlCatchUp(rev int64) {
-	c := s.control
+	c := s.control.Load()
 	if c == nil || c.keyErr != nil || rev <= int64(c.known.Load()) || !c.isReleased() {
 		return
 	}
 	if !c.catching.CompareAndSwap(false, true) {
 		return
 	}
+	c.catchUps.Add(1)
 	go func() {
+		defer c.catchUps.Done()
 		defer c.catching.Store(false)
 		c.catchUp(uint64(rev))
 	}()

@@ -31,7 +31,7 @@ func stalledFollower(t *testing.T, url, prefix string) *Service {
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.bucket = acquireBucket(nc)
 	close(c.done)
-	s.control = c
+	s.control.Store(c)
 	s.reg.SetControls(nil)
 	t.Cleanup(func() { s.stopControl(); s.reg.Close() })
 	return s
@@ -76,18 +76,18 @@ func TestControlCatchUp(t *testing.T) {
 
 	// a liar first: a revision far beyond any written
 	b.controlCatchUp(1 << 40)
-	eventually(t, 5*time.Second, func() bool { return !b.control.catching.Load() && b.control.known.Load() == last }, "the catch-up to end at the last real entry")
+	eventually(t, 5*time.Second, func() bool { return !b.control.Load().catching.Load() && b.control.Load().known.Load() == last }, "the catch-up to end at the last real entry")
 	controls := b.reg.Controls()
 	if len(controls) != 1 || controls["app1"].State != membership.ControlMaintenance {
 		t.Fatalf("controls after the catch-up: %v, want app1 in maintenance only (app2 deleted, app3 invalid, app9 another service's)", controls)
 	}
-	if n := b.control.rejected.Load(); n != 1 {
+	if n := b.control.Load().rejected.Load(); n != 1 {
 		t.Errorf("rejected entries %d, want 1 (app3)", n)
 	}
 
 	// caught up: a further announcement of the same revision reads nothing
 	b.controlCatchUp(int64(last))
-	if b.control.catching.Load() {
+	if b.control.Load().catching.Load() {
 		t.Error("a catch-up started for a revision already known")
 	}
 

@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 // The status page's actions (drain, maintenance, ready) are POST forms to
@@ -85,22 +84,33 @@ func pageActor(r *http.Request) (actor, by string) {
 	return "", ""
 }
 
-// loopbackClient reports whether the client is on this machine: the
-// client address Caddy determined (trusted_proxies apply), else the peer.
-// A proxy on this machine that Caddy was not told to trust makes every
-// client look local; it says so in its forwarding headers, and such a
-// request is not taken for a local one.
+// loopbackClient reports whether the client is on this machine: the TCP
+// peer is a loopback address, no proxy forwarded the request (a proxy on
+// this machine makes every visitor look local; whatever address Caddy
+// resolved from forwarding headers, the client may have written), and
+// the request names this machine as its host (a page under another name
+// that resolves here is DNS rebinding, a remote site's script).
 func loopbackClient(r *http.Request) bool {
 	peer, _, _ := net.SplitHostPort(r.RemoteAddr)
-	addr, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
-	if addr == "" {
-		addr = peer
-	}
-	ip, err := netip.ParseAddr(addr)
-	if err != nil || !ip.Unmap().IsLoopback() {
+	ip, err := netip.ParseAddr(peer)
+	if err != nil || !ip.Unmap().IsLoopback() || forwarded(r.Header) {
 		return false
 	}
-	return addr != peer || !forwarded(r.Header)
+	return localHost(r.Host)
+}
+
+// localHost reports whether host (with or without a port) is localhost or
+// a loopback address.
+func localHost(host string) bool {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.Trim(host, "[]"), ".")
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.Unmap().IsLoopback()
 }
 
 // forwarded reports whether a proxy forwarded the request.

@@ -25,8 +25,15 @@ func pageRequest(method, remote, user string, form url.Values, header map[string
 	} else {
 		body = strings.NewReader("")
 	}
-	r := httptest.NewRequest(method, "http://gw.example:8080/ha", body)
+	target := "http://gw.example:8080/ha"
+	if strings.HasPrefix(remote, "127.") {
+		target = "http://127.0.0.1:8080/ha" // a local client asks for this machine
+	}
+	r := httptest.NewRequest(method, target, body)
 	r.RemoteAddr = remote
+	if host, ok := header["Host"]; ok {
+		r.Host = host
+	}
 	if form != nil {
 		r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	}
@@ -84,7 +91,7 @@ func TestStatusPageActionsRefuseForgery(t *testing.T) {
 	form := func(tok string) url.Values {
 		return url.Values{"action": {"maintenance"}, "id": {"app1"}, "service": {heartbeat.DefaultPrefix}, "csrf": {tok}}
 	}
-	origin := map[string]string{"Origin": "http://gw.example:8080"}
+	origin := map[string]string{"Origin": "http://127.0.0.1:8080"}
 	for _, tc := range []struct {
 		name, remote, user string
 		form               url.Values
@@ -94,16 +101,23 @@ func TestStatusPageActionsRefuseForgery(t *testing.T) {
 	}{
 		{"no token", loop, "", form(""), origin, 403, "token"},
 		{"forged token", loop, "", form(local[:len(local)-2] + "AA"), origin, 403, "token"},
-		{"another user's token", remote, "alice", form(local), origin, 403, "token"},
+		{"another user's token", remote, "alice", form(local), map[string]string{"Origin": "http://gw.example:8080"}, 403, "token"},
 		{"wrong origin", loop, "", form(local), map[string]string{"Origin": "http://evil.example"}, 403, "Origin"},
 		{"no origin, cross-site", loop, "", form(local), map[string]string{"Sec-Fetch-Site": "cross-site"}, 403, "Origin"},
 		{"remote unauthenticated", remote, "", form(local), origin, 403, "basic_auth"},
 		// a proxy on this machine that Caddy does not trust (no
 		// trusted_proxies) makes a remote client look local
 		{"forwarded through an untrusted local proxy", loop, "", form(local),
-			map[string]string{"Origin": "http://gw.example:8080", "X-Forwarded-For": "203.0.113.9"}, 403, "basic_auth"},
+			map[string]string{"Origin": "http://127.0.0.1:8080", "X-Forwarded-For": "203.0.113.9"}, 403, "basic_auth"},
 		{"Forwarded through an untrusted local proxy", loop, "", form(local),
-			map[string]string{"Origin": "http://gw.example:8080", "Forwarded": "for=203.0.113.9"}, 403, "basic_auth"},
+			map[string]string{"Origin": "http://127.0.0.1:8080", "Forwarded": "for=203.0.113.9"}, 403, "basic_auth"},
+		// a forged X-Forwarded-For naming loopback, through a proxy that
+		// trusted_proxies lets Caddy believe
+		{"forwarded for a forged loopback", loop, "", form(local),
+			map[string]string{"Origin": "http://127.0.0.1:8080", "X-Forwarded-For": "::1"}, 403, "basic_auth"},
+		// DNS rebinding: a remote site's name resolved to this machine
+		{"rebound host name", loop, "", form(local),
+			map[string]string{"Host": "evil.example:8080", "Origin": "http://evil.example:8080"}, 403, "basic_auth"},
 		{"unknown action", loop, "", url.Values{"action": {"evict"}, "id": {"app1"}, "csrf": {local}}, origin, 404, "drain, maintenance or ready"},
 		{"bad id", loop, "", url.Values{"action": {"drain"}, "id": {"../x"}, "csrf": {local}}, origin, 400, "A-Z"},
 	} {
@@ -134,7 +148,7 @@ func TestStatusPageActionsRefuseForgery(t *testing.T) {
 	ready := form(local)
 	ready.Set("action", "ready")
 	w = httptest.NewRecorder()
-	if err := p.ServeHTTP(w, pageRequest("POST", loop, "", ready, map[string]string{"Origin": "http://gw.example:8080", "Accept": "application/json"}), nil); err != nil {
+	if err := p.ServeHTTP(w, pageRequest("POST", loop, "", ready, map[string]string{"Origin": "http://127.0.0.1:8080", "Accept": "application/json"}), nil); err != nil {
 		t.Fatal(err)
 	}
 	if w.Code != 200 || !strings.Contains(w.Body.String(), `"by":"status page (loopback)"`) || len(s.reg.Controls()) != 0 {

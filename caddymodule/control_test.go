@@ -387,7 +387,7 @@ func TestControlHostileValues(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 2*time.Second, func() bool { _, ok := a.reg.Controls()["app5"]; return ok }, "the valid entry after the bad ones applied")
-	if got := a.control.rejected.Load(); got != 5 {
+	if got := a.control.Load().rejected.Load(); got != 5 {
 		t.Errorf("rejected %d bucket values, want 5", got)
 	}
 	if n := len(a.reg.Controls()); n != 1 || !a.controlFollowing() {
@@ -412,7 +412,7 @@ func TestControlSurvivesNATSRestart(t *testing.T) {
 	ns.WaitForShutdown()
 	jetStreamNATS(t, port, store)
 	restarted := time.Now()
-	eventually(t, 10*time.Second, a.control.bucket.nc.IsConnected, "reconnected")
+	eventually(t, 10*time.Second, a.control.Load().bucket.nc.IsConnected, "reconnected")
 	eventually(t, 10*time.Second, func() bool {
 		code, _ := postControl(t, "/cx/instances/app9/maintenance")
 		return code == http.StatusOK
@@ -521,18 +521,18 @@ func TestControlSurvivesClusterNodeDown(t *testing.T) {
 	// the node a is connected to dies.
 	var dead *server.Server
 	for _, s := range nodes {
-		if s.ClientURL() == a.control.bucket.nc.ConnectedUrl() {
+		if s.ClientURL() == a.control.Load().bucket.nc.ConnectedUrl() {
 			dead = s
 		}
 	}
 	if dead == nil {
-		t.Fatalf("a is connected to %s, none of the nodes", a.control.bucket.nc.ConnectedUrl())
+		t.Fatalf("a is connected to %s, none of the nodes", a.control.Load().bucket.nc.ConnectedUrl())
 	}
 	deadURL := dead.ClientURL()
 	dead.Shutdown()
 	killed := time.Now()
 	eventually(t, 20*time.Second, func() bool {
-		nc := a.control.bucket.nc
+		nc := a.control.Load().bucket.nc
 		return nc.IsConnected() && nc.ConnectedUrl() != deadURL && a.controlFollowing()
 	}, "a following again on another node")
 	t.Logf("cluster node down: a followed the bucket again %v later", time.Since(killed).Round(time.Millisecond))

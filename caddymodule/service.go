@@ -79,7 +79,7 @@ type Service struct {
 	fleet *fleetState
 	// control follows the operators' holds in the control bucket
 	// (control.go).
-	control *controlState
+	control atomic.Pointer[controlState]
 }
 
 // claim is one config's use of a service.
@@ -113,6 +113,9 @@ func newService(link *natsLink, c *claim) (*Service, error) {
 		logger: newFollowingLogger(c.logger), health: &passiveHealth{}}
 	logger := s.logger.With(zap.String("service", prefix))
 	s.log = newEventLog(logger)
+	// Caddy may start the http app before the cx app: requests that come
+	// before the service starts wait for it, as in the start-up window.
+	s.warmUntil.Store(time.Now().Add(WarmUp).UnixNano())
 	s.refusals = newDialRefusals(logger)
 	s.refusals.count = &s.stats.dialRefused
 	reg, err := membership.New(s.registryConfig(c.settings))
@@ -232,7 +235,7 @@ func (s *Service) start(nc *nats.Conn) error {
 	}
 	s.watcher = w
 	s.warmUntil.Store(time.Now().Add(WarmUp).UnixNano())
-	// control first: the fleet's publishing loop reads s.control
+	// control first: the fleet's heartbeats say whether it follows
 	s.startControl(nc)
 	s.startFleet(nc)
 	return nil

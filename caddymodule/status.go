@@ -70,8 +70,8 @@ type StatusPage struct {
 	// DisableActions removes the page's Drain, Maintenance and Ready
 	// buttons and refuses their POSTs (`actions off`). Actions are offered
 	// to an authenticated user (basic_auth, forward_auth before the page)
-	// or a client on this machine (not one a proxy forwarded, unless
-	// trusted_proxies resolved it), never to anyone else.
+	// or a client on this machine asking for localhost (not one a proxy
+	// forwarded), never to anyone else.
 	DisableActions bool `json:"disable_actions,omitempty"`
 }
 
