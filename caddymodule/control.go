@@ -51,10 +51,11 @@ type controlState struct {
 	following atomic.Bool
 	// rejected counts bucket values that failed to decode.
 	rejected atomic.Uint64
-	// known is the latest bucket revision applied or written, and
-	// catching is set while a catch-up reads what a peer announced
-	// (control_catchup.go).
+	// known is the latest bucket revision read in order (by the watcher
+	// or a catch-up), written the latest written here; catching is set
+	// while a catch-up reads what a peer announced (control_catchup.go).
 	known    atomic.Uint64
+	written  atomic.Uint64
 	catching atomic.Bool
 	catchUps sync.WaitGroup
 
@@ -65,6 +66,10 @@ type controlState struct {
 	// revisions are the bucket revisions applied per id, so that a local
 	// write applied after a newer one arrived does not undo it.
 	revisions map[string]uint64
+	// fruitlessTarget and fruitlessAt: the last catch-up that found
+	// nothing up to its target, and when.
+	fruitlessTarget uint64
+	fruitlessAt     time.Time
 }
 
 // startControl starts following the control bucket on nc. The registry
@@ -202,15 +207,11 @@ func (c *controlState) follow() error {
 		if e == nil { // the initial values are all read
 			if !synced {
 				synced = true
-				c.mu.Lock()
-				c.revisions, c.released = revs, true
-				c.s.reg.SetControls(initial)
-				c.mu.Unlock()
-				c.following.Store(true)
+				c.sync(initial, revs)
 			}
 			continue
 		}
-		c.noteRevision(e.Revision())
+		raise(&c.known, e.Revision())
 		id, ctl, ok := c.decode(e)
 		if !ok {
 			continue
@@ -230,6 +231,35 @@ func (c *controlState) follow() error {
 		}
 		c.apply(id, ctl, e.Revision())
 	}
+}
+
+// sync applies the bucket as the watcher first read it. Entries applied
+// here later than that read (a write through this gateway, a catch-up)
+// are kept: the watcher delivers them after the read, and until then the
+// hold the admin API confirmed must stay.
+func (c *controlState) sync(initial map[string]membership.Control, revs map[string]uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	read := uint64(0)
+	for _, rev := range revs {
+		read = max(read, rev)
+	}
+	current := c.s.reg.Controls()
+	for id, rev := range c.revisions {
+		if rev > read && rev > revs[id] {
+			revs[id] = rev
+			if ctl, held := current[id]; held {
+				initial[id] = ctl
+			} else {
+				delete(initial, id)
+			}
+		}
+	}
+	// a bucket created anew starts its revisions again
+	c.known.Store(read)
+	c.revisions, c.released = revs, true
+	c.s.reg.SetControls(initial)
+	c.following.Store(true)
 }
 
 // errReconnected: the connection came back; watch afresh.
@@ -331,7 +361,7 @@ func (s *Service) setControl(ctx context.Context, id string, state membership.Co
 		return ctl, 0, c.writeError(err)
 	}
 	c.apply(id, ctl, rev)
-	c.noteRevision(rev)
+	raise(&c.written, rev)
 	// peers whose watch stalls read it by revision (control_catchup.go)
 	s.announceSoon()
 	return ctl, rev, nil

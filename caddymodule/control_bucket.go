@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/caddy-cx/caddy-cx/membership"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -81,6 +82,11 @@ func (b *controlBucket) open(ctx context.Context, warn func(error)) (jetstream.K
 		Description: "caddy-cx: drain and maintenance of instances, key <subject prefix>.<instance id>",
 		History:     controlHistory,
 		Replicas:    1,
+		// whoever may write the bucket must not fill JetStream's store:
+		// an entry is at most MaxControlSize bytes (membership), and 64
+		// MiB hold 16 revisions of some 20,000 instances
+		MaxValueSize: membership.MaxControlSize,
+		MaxBytes:     64 << 20,
 	}
 	if len(b.nc.Servers()) >= controlReplicas {
 		cfg.Replicas = controlReplicas

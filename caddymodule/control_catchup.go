@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -26,21 +27,21 @@ const controlCatchUpMax = 64
 // directGetTimeout bounds one direct get.
 const directGetTimeout = 500 * time.Millisecond
 
-// controlRevision is the latest bucket revision the service applied or
+// controlRevision is the latest bucket revision the service read or
 // wrote, for its gateway heartbeat.
 func (s *Service) controlRevision() int64 {
 	c := s.control.Load()
 	if c == nil {
 		return 0
 	}
-	return int64(c.known.Load())
+	return int64(max(c.known.Load(), c.written.Load()))
 }
 
-// noteRevision raises the latest revision known.
-func (c *controlState) noteRevision(rev uint64) {
+// raise sets v to rev if rev is higher.
+func raise(v *atomic.Uint64, rev uint64) {
 	for {
-		old := c.known.Load()
-		if rev <= old || c.known.CompareAndSwap(old, rev) {
+		old := v.Load()
+		if rev <= old || v.CompareAndSwap(old, rev) {
 			return
 		}
 	}
@@ -51,7 +52,7 @@ func (c *controlState) noteRevision(rev uint64) {
 // a time.
 func (s *Service) controlCatchUp(rev int64) {
 	c := s.control.Load()
-	if c == nil || c.keyErr != nil || rev <= int64(c.known.Load()) || !c.isReleased() {
+	if c == nil || c.keyErr != nil || rev <= int64(c.known.Load()) || !c.isReleased() || c.fruitless(uint64(rev)) {
 		return
 	}
 	if !c.catching.CompareAndSwap(false, true) {
@@ -63,6 +64,25 @@ func (s *Service) controlCatchUp(rev int64) {
 		defer c.catching.Store(false)
 		c.catchUp(uint64(rev))
 	}()
+}
+
+// fruitlessWait is how long a catch-up that found nothing keeps another
+// to the same target from being tried: a peer announcing a revision
+// never written costs one read a second, not one per heartbeat of every
+// peer, and cannot keep this gateway from catching up to a real one.
+const fruitlessWait = time.Second
+
+func (c *controlState) noteFruitless(target uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.fruitlessTarget, c.fruitlessAt = target, time.Now()
+}
+
+// fruitless reports whether a catch-up to target found nothing lately.
+func (c *controlState) fruitless(target uint64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return target == c.fruitlessTarget && time.Since(c.fruitlessAt) < fruitlessWait
 }
 
 func (c *controlState) isReleased() bool {
@@ -80,10 +100,19 @@ func (c *controlState) catchUp(target uint64) {
 	seq := c.known.Load() + 1
 	for n := 0; n < controlCatchUpMax && seq <= target && c.ctx.Err() == nil; n++ {
 		e, err := c.nextEntry(seq)
-		if err != nil || e == nil {
+		if err != nil {
 			return
 		}
-		c.noteRevision(e.rev)
+		if e == nil {
+			// nothing up to target: announced but never written; not
+			// asked again for a while
+			c.noteFruitless(target)
+			return
+		}
+		if e.rev > target {
+			return // newer than announced: the watcher or a later heartbeat brings it
+		}
+		raise(&c.known, e.rev)
 		if id, ctl, ok := c.decode(e); ok {
 			c.apply(id, ctl, e.rev)
 		}
