@@ -98,3 +98,24 @@ func TestControlCatchUp(t *testing.T) {
 	eventually(t, 5*time.Second, func() bool { _, held := b.reg.Controls()["app1"]; return !held }, "app1 released by the catch-up")
 	t.Logf("catch-up of one entry: %v", time.Since(start))
 }
+
+// TestControlSyncKeepsLaterHolds: the watcher's first read replaces the
+// holds, except those applied here after that read (a drain the admin
+// API confirmed while the watcher was still reading).
+func TestControlSyncKeepsLaterHolds(t *testing.T) {
+	ns := jetStreamNATS(t, 0, "")
+	s := stalledFollower(t, ns.ClientURL(), "cx.ha")
+	c := s.control.Load()
+	hold := membership.Control{State: membership.ControlMaintenance, By: "test", At: time.Now().UTC()}
+	c.apply("late", hold, 12) // written after the read below
+	c.apply("old", hold, 3)   // before it, and gone from the bucket since
+	read := map[string]membership.Control{"app1": hold}
+	c.sync(read, map[string]uint64{"app1": 7, "gone": 9})
+	controls := s.reg.Controls()
+	if _, ok := controls["late"]; !ok || len(controls) != 2 || controls["app1"].State != membership.ControlMaintenance {
+		t.Fatalf("holds after the first read: %v; want app1 (read) and late (applied after the read), not old", controls)
+	}
+	if got := c.known.Load(); got != 9 {
+		t.Errorf("revision read %d, want 9", got)
+	}
+}
