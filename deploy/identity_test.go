@@ -30,8 +30,9 @@ type operatorSetup struct {
 // `nsc edit signing-key` lines of docs/nats-permissions.md set them.
 var roleTemplates = map[string]struct{ pub, sub, pubDeny, subDeny []string }{
 	"instance": {pub: []string{"cx.ha.hb.{{name()}}"}, sub: []string{"cx.ha.discover"}},
-	"gateway":  {pub: []string{"cx.ha.discover"}, sub: []string{"cx.ha.hb.*"}},
-	"app":      {pub: []string{">"}, sub: []string{">"}, pubDeny: []string{"cx.ha.>"}, subDeny: []string{"cx.ha.>"}},
+	"gateway": {pub: []string{"cx.ha.discover", "cx.ha.gw.*", "cx.ha.obs.*"},
+		sub: []string{"cx.ha.hb.*", "cx.ha.gw.*", "cx.ha.obs.*", "_INBOX.>"}},
+	"app": {pub: []string{">"}, sub: []string{">"}, pubDeny: []string{"cx.ha.>"}, subDeny: []string{"cx.ha.>"}},
 }
 
 func newOperatorSetup(t *testing.T) *operatorSetup {
@@ -144,6 +145,29 @@ func TestNATSScopedUserAddedLater(t *testing.T) {
 	}
 }
 
+// TestNATSScopedGatewaysFleet: gateways signed with the gateway role hear
+// each other's heartbeats and observations; instances may publish
+// neither, so they cannot pose as a gateway.
+func TestNATSScopedGatewaysFleet(t *testing.T) {
+	o := newOperatorSetup(t)
+	s := o.start(t)
+	gw1 := connect(t, s, "gateway-1", o.user(t, "gateway", "gateway-1"))
+	gw2 := connect(t, s, "gateway-2", o.user(t, "gateway", "gateway-2"))
+	fleet := gw2.subscribe(t, "cx.ha.gw.*")
+	shared := gw2.subscribe(t, "cx.ha.obs.*")
+	app1 := connect(t, s, "app1", o.user(t, "instance", "app1"))
+	app1.refused(t, "instance app1", "cx.ha.gw.gw1")
+	app1.refused(t, "instance app1", "cx.ha.obs.gw1")
+	gw1.publish(t, "cx.ha.gw.gw1", "heartbeat")
+	gw1.publish(t, "cx.ha.obs.gw1", "observation")
+	if m := next(t, fleet, "gw1's heartbeat"); m.Subject != "cx.ha.gw.gw1" || string(m.Data) != "heartbeat" {
+		t.Errorf("gateway-2 got %q on %s, want gw1's heartbeat", m.Data, m.Subject)
+	}
+	if m := next(t, shared, "gw1's observation"); m.Subject != "cx.ha.obs.gw1" || string(m.Data) != "observation" {
+		t.Errorf("gateway-2 got %q on %s, want gw1's observation", m.Data, m.Subject)
+	}
+}
+
 // TestNATSUnscopedUserRefused: a user JWT signed by a key the account does
 // not list is refused at connect, so instance credentials cannot be minted
 // without the signing key.
@@ -198,8 +222,9 @@ func TestDocsShowTheTestedTemplates(t *testing.T) {
 	doc := read(t, "../docs/nats-permissions.md")
 	lines := map[string]string{
 		"instance": `--role instance \` + "\n" + `  --allow-pub 'cx.ha.hb.{{name()}}' --allow-sub cx.ha.discover`,
-		"gateway":  `--role gateway \` + "\n" + `  --allow-pub cx.ha.discover --allow-sub 'cx.ha.hb.*'`,
-		"app":      `--role app \` + "\n" + `  --allow-pubsub '>' --deny-pubsub 'cx.ha.>'`,
+		"gateway": `--role gateway \` + "\n" + `  --allow-pub cx.ha.discover --allow-sub 'cx.ha.hb.*' \` + "\n" +
+			`  --allow-pubsub 'cx.ha.gw.*' --allow-pubsub 'cx.ha.obs.*' --allow-sub '_INBOX.>'`,
+		"app": `--role app \` + "\n" + `  --allow-pubsub '>' --deny-pubsub 'cx.ha.>'`,
 	}
 	for role, line := range lines {
 		if _, tested := roleTemplates[role]; !tested || !strings.Contains(doc, line) {
