@@ -16,6 +16,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -97,6 +98,36 @@ func freePort(t testing.TB) int {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// stablePort returns a free TCP port on 127.0.0.1 below the kernel's
+// ephemeral range, for servers that others keep dialing while they are
+// down (a NATS node killed and restarted, a cluster still starting): a
+// dial to an unbound port inside the range can connect to itself (TCP
+// simultaneous open, source port = destination port) and then hold the
+// port the server needs.
+func stablePort(t testing.TB) int {
+	t.Helper()
+	low := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil {
+				low = n
+			}
+		}
+	}
+	const from = 10000
+	if low <= from+1000 {
+		return freePort(t)
+	}
+	for range 1000 {
+		port := from + rand.IntN(low-from)
+		if ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+			ln.Close()
+			return port
+		}
+	}
+	return freePort(t)
 }
 
 // waitFor polls cond every 20ms until it returns true or timeout passes;

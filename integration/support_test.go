@@ -56,7 +56,9 @@ func startNATSClusterWith(t testing.TB, n int, jetstream bool) []*natsNode {
 	t.Helper()
 	nodes := make([]*natsNode, n)
 	for i := range nodes {
-		nodes[i] = &natsNode{natsServer: &natsServer{Port: freePort(t)}, ClusterPort: freePort(t), Name: fmt.Sprintf("node%d", i+1)}
+		// below the ephemeral range: peers and clients dial these while
+		// a node starts or is down (stablePort)
+		nodes[i] = &natsNode{natsServer: &natsServer{Port: stablePort(t)}, ClusterPort: stablePort(t), Name: fmt.Sprintf("node%d", i+1)}
 		nodes[i].URL = fmt.Sprintf("nats://127.0.0.1:%d", nodes[i].Port)
 	}
 	for i, node := range nodes {
