@@ -63,8 +63,10 @@ type fleetState struct {
 	changeBeat time.Time
 
 	kick chan struct{}
-	done chan struct{}
-	wg   sync.WaitGroup
+	// status tells run of the connection's losses and returns.
+	status chan nats.Status
+	done   chan struct{}
+	wg     sync.WaitGroup
 
 	mu sync.Mutex
 	// failed are the dials that failed a request here since run last
@@ -140,8 +142,12 @@ func (s *Service) startFleet(nc *nats.Conn) {
 	}
 	_ = f.gwSub.SetPendingLimits(fleetPendingMsgs, fleetPendingBytes)
 	_ = f.obsSub.SetPendingLimits(fleetPendingMsgs, fleetPendingBytes)
+	// cut off from NATS, this gateway hears no one: staleness waits
+	f.status = nc.StatusChanged(nats.CONNECTED, nats.DISCONNECTED, nats.RECONNECTING)
 	if nc.IsConnected() {
 		_ = nc.FlushTimeout(time.Second)
+	} else {
+		f.fleet.Freeze(time.Now())
 	}
 	s.fleet = f
 	hook := f.queueFailure
@@ -163,6 +169,7 @@ func (s *Service) stopFleet() {
 	s.health.onFail.Store(nil)
 	close(f.done)
 	f.wg.Wait()
+	f.nc.RemoveStatusListener(f.status)
 	f.unsubscribe()
 	f.fleet.Close()
 	f.beat(time.Now(), heartbeat.GatewayStateLeaving)
@@ -232,6 +239,8 @@ func (f *fleetState) run() {
 			checkPrimary(now)
 		case now := <-window.C:
 			f.flushLater(window, now)
+		case st := <-f.status:
+			f.followConnection(st)
 		}
 	}
 }
@@ -248,6 +257,16 @@ func (s *Service) announceSoon() {
 	case f.kick <- struct{}{}:
 	default:
 	}
+}
+
+// followConnection freezes the fleet's staleness while the connection is
+// lost and thaws it when it returns.
+func (f *fleetState) followConnection(st nats.Status) {
+	if st == nats.CONNECTED {
+		f.fleet.Thaw(time.Now())
+		return
+	}
+	f.fleet.Freeze(time.Now())
 }
 
 // renamed starts the fleet anew, off run's goroutine, when a reload gave

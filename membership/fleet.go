@@ -25,7 +25,10 @@ type Fleet struct {
 	// splitSince is when the live gateways began to disagree on the
 	// primary; zero while they agree.
 	splitSince time.Time
-	closed     atomic.Bool
+	// frozenAt is set while this gateway is cut off from NATS: silence
+	// then proves nothing, and staleness is judged as of that moment.
+	frozenAt time.Time
+	closed   atomic.Bool
 }
 
 // FleetConfig configures a Fleet.
@@ -105,6 +108,9 @@ type gatewayEntry struct {
 	// obsSeq is the seq of the last observation accepted from the known
 	// process: replays and reordered ones are refused.
 	obsSeq int64
+	// thawedAt is when this gateway's NATS connection came back while the
+	// entry was live (Thaw): staleness counts from then.
+	thawedAt time.Time
 	// prevStartedAt and prevSeq are the previous process of this id, so
 	// that a straggler of a restart is told from a second live process.
 	prevStartedAt time.Time
@@ -308,7 +314,7 @@ func (f *Fleet) fill(e *gatewayEntry, m *heartbeat.GatewayMessage, now time.Time
 func (f *Fleet) evict(now time.Time) bool {
 	var victim *gatewayEntry
 	for _, e := range f.gateways {
-		if e.live(now) {
+		if f.live(e, now) {
 			continue
 		}
 		if victim == nil || e.LastSeen.Before(victim.LastSeen) {
@@ -322,8 +328,48 @@ func (f *Fleet) evict(now time.Time) bool {
 	return true
 }
 
-func (e *gatewayEntry) live(now time.Time) bool {
-	return e.GatewayState == StateActiveName && now.Sub(e.LastSeen) <= e.StaleAfter
+// live reports whether e is active and heard within its stale_after, as
+// of now (or of the freeze, while frozen); the lock is held.
+func (f *Fleet) live(e *gatewayEntry, now time.Time) bool {
+	if !f.frozenAt.IsZero() {
+		now = f.frozenAt
+	}
+	return e.GatewayState == StateActiveName && now.Sub(e.heardFrom()) <= e.StaleAfter
+}
+
+// heardFrom is when staleness is counted from: the last heartbeat, or the
+// return of this gateway's NATS connection if that came later.
+func (e *gatewayEntry) heardFrom() time.Time {
+	if e.thawedAt.After(e.LastSeen) {
+		return e.thawedAt
+	}
+	return e.LastSeen
+}
+
+// Freeze suspends staleness while this gateway is cut off from NATS: the
+// other gateways' silence then says nothing about them.
+func (f *Fleet) Freeze(now time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.frozenAt.IsZero() {
+		f.frozenAt = now
+	}
+}
+
+// Thaw resumes staleness after a reconnect: every gateway live when the
+// connection was lost gets a fresh stale_after to be heard again.
+func (f *Fleet) Thaw(now time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.frozenAt.IsZero() {
+		return
+	}
+	for _, e := range f.gateways {
+		if f.live(e, f.frozenAt) {
+			e.thawedAt = now
+		}
+	}
+	f.frozenAt = time.Time{}
 }
 
 // Gateways returns every known gateway, ordered by id, with its state as
@@ -335,9 +381,9 @@ func (f *Fleet) Gateways(now time.Time) []Gateway {
 	for _, e := range f.gateways {
 		g := e.Gateway
 		g.Primary = slices.Clone(e.Primary)
-		if g.GatewayState == StateActiveName && !e.live(now) {
+		if g.GatewayState == StateActiveName && !f.live(e, now) {
 			g.GatewayState = StateStaleName
-			g.Since = e.LastSeen.Add(e.StaleAfter)
+			g.Since = e.heardFrom().Add(e.StaleAfter)
 		}
 		out = append(out, g)
 	}
@@ -381,7 +427,7 @@ func (f *Fleet) admitObservation(o *heartbeat.Observation, now time.Time) error 
 		return ErrUnannounced // another process speaking for this gateway
 	}
 	e := f.gateways[o.Gateway]
-	if e == nil || !e.live(now) || !e.StartedAt.Equal(o.StartedAt) {
+	if e == nil || !f.live(e, now) || !e.StartedAt.Equal(o.StartedAt) {
 		return ErrUnannounced
 	}
 	if o.Seq <= e.obsSeq {
@@ -407,7 +453,7 @@ func (f *Fleet) Split(now time.Time) (since time.Time, split bool) {
 func (f *Fleet) updateSplit(now time.Time) {
 	first, agree, n := "", true, 0
 	for _, e := range f.gateways {
-		if !e.live(now) {
+		if !f.live(e, now) {
 			continue
 		}
 		key := strings.Join(sortedCopy(e.Primary), ",")
@@ -438,7 +484,7 @@ func (f *Fleet) Versions(now time.Time) []string {
 	defer f.mu.Unlock()
 	var out []string
 	for _, e := range f.gateways {
-		if e.live(now) && !slices.Contains(out, e.Version) {
+		if f.live(e, now) && !slices.Contains(out, e.Version) {
 			out = append(out, e.Version)
 		}
 	}

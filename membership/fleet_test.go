@@ -191,6 +191,34 @@ func TestFleetStalenessAtReadTime(t *testing.T) {
 	}
 }
 
+// TestFleetFrozenWhileDisconnected: while this gateway is cut off from
+// NATS, the others' silence proves nothing: they stay active, and after
+// the reconnect each gets a fresh stale_after to be heard again. One
+// already stale stays stale.
+func TestFleetFrozenWhileDisconnected(t *testing.T) {
+	f, _ := newFleet(FleetConfig{})
+	observeGW(t, f, at(0), "gw2", 1, gwInterval(500))
+	observeGW(t, f, at(0), "gw3", 1, gwInterval(100))
+	f.Freeze(at(time.Second)) // gw3 (stale after 300ms) is stale by then
+	if g := gatewayOf(t, f, at(time.Minute), "gw2"); g.GatewayState != StateActiveName {
+		t.Fatalf("frozen a minute: gw2 %s", g.GatewayState)
+	}
+	if g := gatewayOf(t, f, at(time.Minute), "gw3"); g.GatewayState != StateStaleName {
+		t.Fatalf("frozen: gw3, stale before the freeze, is %s", g.GatewayState)
+	}
+	f.Thaw(at(time.Minute))
+	if g := gatewayOf(t, f, at(time.Minute+1500*time.Millisecond), "gw2"); g.GatewayState != StateActiveName {
+		t.Fatalf("within stale_after of the reconnect: gw2 %s", g.GatewayState)
+	}
+	g := gatewayOf(t, f, at(time.Minute+1501*time.Millisecond), "gw2")
+	if g.GatewayState != StateStaleName || !g.Since.Equal(at(time.Minute+1500*time.Millisecond)) {
+		t.Fatalf("unheard for stale_after after the reconnect: gw2 %s since %v", g.GatewayState, g.Since)
+	}
+	if g := gatewayOf(t, f, at(time.Minute), "gw3"); g.GatewayState != StateStaleName {
+		t.Fatalf("after the reconnect: gw3 %s", g.GatewayState)
+	}
+}
+
 // Attack: a started_at far in the future would win every later
 // comparison; one before 2000 or after 9999 is no real process.
 func TestFleetClock(t *testing.T) {
