@@ -90,13 +90,9 @@ func pickService(services []*Service, prefix string) (*Service, *controlError) {
 	return services[0], nil
 }
 
-// truncateID bounds what a request sent before it is repeated in an error.
-func truncateID(s string) string {
-	if len(s) > 2*heartbeat.MaxIDLen {
-		return s[:2*heartbeat.MaxIDLen] + "…"
-	}
-	return s
-}
+// truncateID bounds what a request sent before it is repeated in an
+// error.
+func truncateID(s string) string { return heartbeat.Truncate(s, 2*heartbeat.MaxIDLen) }
 
 // handleControl serves POST /cx/instances/<id>/drain|maintenance|ready
 // [?service=<prefix>]: it writes the instance's entry in the control

@@ -45,6 +45,19 @@ func fleetGateway(t testing.TB, natsURL, id string, edit func(*serviceSettings))
 	return s
 }
 
+// beatingPair starts backends app1 (priority 0, the primary) and app2
+// (priority 1) and their heartbeats on nc, until the test ends; it
+// returns app1.
+func beatingPair(t testing.TB, nc *nats.Conn) *backend {
+	t.Helper()
+	app1, app2 := startBackend(t, "app1"), startBackend(t, "app2")
+	i1, i2 := newInstance(t, nc, "app1", app1.url, 0), newInstance(t, nc, "app2", app2.url, 1)
+	stop1, stop2 := i1.keepBeating(), i2.keepBeating()
+	t.Cleanup(stop1)
+	t.Cleanup(stop2)
+	return app1
+}
+
 // peerOf returns what s knows of gateway id.
 func peerOf(s *Service, id string) (GatewayStatus, bool) {
 	for _, g := range s.gatewayStatus(time.Now()) {
@@ -170,11 +183,7 @@ func TestFleetSelfBeforeItsHeartbeat(t *testing.T) {
 func TestFleetSharesFailures(t *testing.T) {
 	natsURL := startNATS(t)
 	nc := connect(t, natsURL)
-	app1, app2 := startBackend(t, "app1"), startBackend(t, "app2")
-	i1, i2 := newInstance(t, nc, "app1", app1.url, 0), newInstance(t, nc, "app2", app2.url, 1)
-	stop1, stop2 := i1.keepBeating(), i2.keepBeating()
-	defer stop1()
-	defer stop2()
+	beatingPair(t, nc)
 	a := fleetGateway(t, natsURL, "gw-a", nil)
 	b := fleetGateway(t, natsURL, "gw-b", nil)
 	knowEachOther(t, a, b)
@@ -454,11 +463,7 @@ func TestFleetGatewayIDChangedByReload(t *testing.T) {
 func TestFleetPrimaryChangeAnnouncedAtOnce(t *testing.T) {
 	natsURL := startNATS(t)
 	nc := connect(t, natsURL)
-	app1, app2 := startBackend(t, "app1"), startBackend(t, "app2")
-	i1, i2 := newInstance(t, nc, "app1", app1.url, 0), newInstance(t, nc, "app2", app2.url, 1)
-	stop1, stop2 := i1.keepBeating(), i2.keepBeating()
-	defer stop1()
-	defer stop2()
+	beatingPair(t, nc)
 	a := fleetGateway(t, natsURL, "gw-a", nil)
 	routed(t, []string{"app1", "app2"}, a)
 	primaries := make(chan []string, 64)
@@ -640,11 +645,7 @@ func TestFleetSharesRequestPathFailures(t *testing.T) {
 			if a.gatewayID() != "gw-a" {
 				t.Fatalf("gateway id %q", a.gatewayID())
 			}
-			app1, app2 := startBackend(t, "app1"), startBackend(t, "app2")
-			i1, i2 := newInstance(t, nc, "app1", app1.url, 0), newInstance(t, nc, "app2", app2.url, 1)
-			stop1, stop2 := i1.keepBeating(), i2.keepBeating()
-			defer stop1()
-			defer stop2()
+			app1 := beatingPair(t, nc)
 			knowEachOther(t, a, b)
 			routed(t, []string{"app1", "app2"}, a, b)
 			servedBy(t, base, "app1", 5*time.Second)

@@ -185,7 +185,7 @@ func (w *wire) strings(m *Message) error {
 	}
 	t, ok := parseTime(*w.StartedAt)
 	if !ok {
-		return invalid("started_at", "%q is not an RFC 3339 time", truncate(*w.StartedAt, 64))
+		return invalid("started_at", "%q is not an RFC 3339 time", Truncate(*w.StartedAt, 64))
 	}
 	m.StartedAt = t
 	if w.Version != nil {
@@ -219,11 +219,11 @@ func requiredInt(field string, raw json.RawMessage, lo, hi int) (int, error) {
 	}
 	s := string(raw)
 	if !isJSONInteger(s) {
-		return 0, invalid(field, "%s is not an integer", truncate(s, 32))
+		return 0, invalid(field, "%s is not an integer", Truncate(s, 32))
 	}
 	n, err := strconv.ParseInt(s, 10, 64)
 	if err != nil || n < int64(lo) || n > int64(hi) {
-		return 0, invalid(field, "%s is outside %d to %d", truncate(s, 32), lo, hi)
+		return 0, invalid(field, "%s is outside %d to %d", Truncate(s, 32), lo, hi)
 	}
 	return int(n), nil
 }
@@ -241,7 +241,9 @@ func isJSONInteger(s string) bool {
 	return true
 }
 
-func truncate(s string, n int) string {
+// Truncate shortens s to n bytes, marking the cut with …, for repeating
+// untrusted text in errors and logs.
+func Truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
@@ -269,7 +271,7 @@ func validMeta(meta map[string]string) error {
 			return invalid("meta", "key longer than %d characters", MaxMetaKeyLen)
 		}
 		if utf8.RuneCountInString(v) > MaxMetaValLen {
-			return invalid("meta", "value of %q longer than %d characters", truncate(k, 64), MaxMetaValLen)
+			return invalid("meta", "value of %q longer than %d characters", Truncate(k, 64), MaxMetaValLen)
 		}
 	}
 	return nil
@@ -281,21 +283,21 @@ func validMeta(meta map[string]string) error {
 func ValidURL(raw string) error {
 	u, err := url.Parse(raw)
 	if err != nil {
-		return invalid("url", "%q does not parse: %v", truncate(raw, 128), err)
+		return invalid("url", "%q does not parse: %v", Truncate(raw, 128), err)
 	}
 	switch {
 	case u.Scheme != "http" && u.Scheme != "https":
 		return invalid("url", "scheme %q is not http or https", u.Scheme)
 	case u.Opaque != "" || u.Host == "":
-		return invalid("url", "%q has no host", truncate(raw, 128))
+		return invalid("url", "%q has no host", Truncate(raw, 128))
 	case u.User != nil:
 		return invalid("url", "user info is not allowed")
 	case u.Path != "" && u.Path != "/", u.RawQuery != "", u.ForceQuery, u.Fragment != "":
-		return invalid("url", "%q has a path, query or fragment; only scheme://host:port is allowed", truncate(raw, 128))
+		return invalid("url", "%q has a path, query or fragment; only scheme://host:port is allowed", Truncate(raw, 128))
 	}
 	host, port, err := net.SplitHostPort(u.Host)
 	if err != nil || port == "" {
-		return invalid("url", "%q needs an explicit port", truncate(raw, 128))
+		return invalid("url", "%q needs an explicit port", Truncate(raw, 128))
 	}
 	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
 		return invalid("url", "port %q is not 1 to 65535", port)
@@ -310,7 +312,7 @@ func ValidURL(raw string) error {
 		return nil
 	}
 	if !validDNSName(host) {
-		return invalid("url", "host %q is neither an IP literal nor a DNS name", truncate(host, 128))
+		return invalid("url", "host %q is neither an IP literal nor a DNS name", Truncate(host, 128))
 	}
 	return nil
 }

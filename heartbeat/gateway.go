@@ -137,7 +137,7 @@ func gatewayObject(data []byte, kind string) (map[string]json.RawMessage, error)
 		return nil, err
 	}
 	if got != kind {
-		return nil, invalid("kind", "%q where %q is required", truncate(got, 32), kind)
+		return nil, invalid("kind", "%q where %q is required", Truncate(got, 32), kind)
 	}
 	return obj, nil
 }
@@ -168,7 +168,7 @@ func idField(obj map[string]json.RawMessage, name string) (string, error) {
 		return "", err
 	}
 	if !ValidID(id) {
-		return "", invalid(name, "%q is not 1 to %d characters of A-Z a-z 0-9 _ -", truncate(id, 72), MaxIDLen)
+		return "", invalid(name, "%q is not 1 to %d characters of A-Z a-z 0-9 _ -", Truncate(id, 72), MaxIDLen)
 	}
 	return id, nil
 }
@@ -181,7 +181,7 @@ func timeField(obj map[string]json.RawMessage, name string) (time.Time, error) {
 	}
 	t, ok := parseTime(s)
 	if !ok {
-		return time.Time{}, invalid(name, "%q is not an RFC 3339 time", truncate(s, 64))
+		return time.Time{}, invalid(name, "%q is not an RFC 3339 time", Truncate(s, 64))
 	}
 	return t, nil
 }
@@ -203,7 +203,7 @@ func shortString(obj map[string]json.RawMessage, name string, n int) (string, er
 func DecodeGateway(prefix, subject string, data []byte) (*GatewayMessage, error) {
 	id, ok := GatewayIDFromSubject(prefix, subject)
 	if !ok {
-		return nil, invalid("subject", "%q is not %s with a valid id", truncate(subject, 128), GatewaySubject(prefix, "ID"))
+		return nil, invalid("subject", "%q is not %s with a valid id", Truncate(subject, 128), GatewaySubject(prefix, "ID"))
 	}
 	obj, err := gatewayObject(data, KindGateway)
 	if err != nil {
@@ -228,7 +228,7 @@ func (m *GatewayMessage) decodeRest(obj map[string]json.RawMessage) error {
 		return err
 	}
 	if m.State != GatewayStateActive && m.State != GatewayStateLeaving {
-		return invalid("state", "%q is not active or leaving", truncate(m.State, 32))
+		return invalid("state", "%q is not active or leaving", Truncate(m.State, 32))
 	}
 	if m.StartedAt, err = timeField(obj, "started_at"); err != nil {
 		return err
@@ -284,7 +284,7 @@ func idList(obj map[string]json.RawMessage, name string, n int) ([]string, error
 	seen := make(map[string]bool, len(ids))
 	for _, id := range ids {
 		if !ValidID(id) {
-			return nil, invalid(name, "%q is not a valid id", truncate(id, 72))
+			return nil, invalid(name, "%q is not a valid id", Truncate(id, 72))
 		}
 		if seen[id] {
 			return nil, invalid(name, "%q is listed twice", id)
@@ -299,7 +299,7 @@ func idList(obj map[string]json.RawMessage, name string, n int) ([]string, error
 func DecodeObservation(prefix, subject string, data []byte) (*Observation, error) {
 	id, ok := ObservationIDFromSubject(prefix, subject)
 	if !ok {
-		return nil, invalid("subject", "%q is not %s with a valid id", truncate(subject, 128), ObservationSubject(prefix, "ID"))
+		return nil, invalid("subject", "%q is not %s with a valid id", Truncate(subject, 128), ObservationSubject(prefix, "ID"))
 	}
 	obj, err := gatewayObject(data, KindObservation)
 	if err != nil {

@@ -165,7 +165,7 @@ func (c *Config) normalize() error {
 		return &ConfigError{Field: "ID", Reason: "required"}
 	}
 	if !ValidID(c.ID) {
-		return &ConfigError{Field: "ID", Reason: fmt.Sprintf("%q is not 1 to %d characters of A-Z a-z 0-9 _ -", truncate(c.ID, 80), MaxIDLen)}
+		return &ConfigError{Field: "ID", Reason: fmt.Sprintf("%q is not 1 to %d characters of A-Z a-z 0-9 _ -", Truncate(c.ID, 80), MaxIDLen)}
 	}
 	if c.URL == "" {
 		return &ConfigError{Field: "URL", Reason: "required"}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"time"
 	"unicode/utf8"
+
+	"github.com/caddy-cx/caddy-cx/heartbeat"
 )
 
 // ControlState is what an operator set for an instance, fleet-wide.
@@ -86,7 +88,7 @@ func ParseControl(data []byte) (Control, error) {
 	}
 	for k := range obj {
 		if !controlFields[k] {
-			return c, fmt.Errorf("control entry: unknown field %q", truncate(k, 32))
+			return c, fmt.Errorf("control entry: unknown field %q", heartbeat.Truncate(k, 32))
 		}
 	}
 	// Every key is known and exact, so decoding the struct can neither
@@ -97,7 +99,7 @@ func ParseControl(data []byte) (Control, error) {
 	switch c.State {
 	case ControlReady, ControlDrain, ControlMaintenance:
 	default:
-		return Control{}, fmt.Errorf("control entry: state %q is not ready, drain or maintenance", truncate(string(c.State), 32))
+		return Control{}, fmt.Errorf("control entry: state %q is not ready, drain or maintenance", heartbeat.Truncate(string(c.State), 32))
 	}
 	if utf8.RuneCountInString(c.By) > MaxControlByLen || utf8.RuneCountInString(c.Gateway) > MaxControlByLen {
 		return Control{}, fmt.Errorf("control entry: by or gateway longer than %d characters", MaxControlByLen)
@@ -113,13 +115,6 @@ func ParseControl(data []byte) (Control, error) {
 		}
 	}
 	return c, nil
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
 }
 
 // SetControl records id's control entry (ControlReady or the zero Control

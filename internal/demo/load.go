@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/caddy-cx/caddy-cx/heartbeat"
 )
 
 // Step is what the clients saw during one step of the drill.
@@ -121,16 +123,9 @@ func (l *load) get(ctx context.Context) (id, version string, err error) {
 	}
 	id, version = resp.Header.Get("X-Instance"), resp.Header.Get("X-Version")
 	if resp.StatusCode != http.StatusOK || id == "" || string(body) != id {
-		return "", "", fmt.Errorf("%s: %q", resp.Status, truncate(string(body), 80))
+		return "", "", fmt.Errorf("%s: %q", resp.Status, heartbeat.Truncate(string(body), 80))
 	}
 	return id, version, nil
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
 }
 
 // begin starts a new step; faultID names the instance the step harms
