@@ -77,13 +77,10 @@ func (f *fleetState) onGatewayMsg(msg *nats.Msg) {
 	}
 }
 
-// errorIsNoise tells the refusals that say nothing is wrong (a message
-// older than one applied) from invalid or refused heartbeats, which carry
-// a reason.
-func errorIsNoise(err error) bool {
-	var decode *heartbeat.Error
-	return !errors.As(err, &decode) && err.Error() == ""
-}
+// errorIsNoise tells the refusals that say nothing is wrong (a duplicate,
+// a reordered message, a straggler of an older process) from invalid or
+// refused heartbeats, which carry a reason.
+func errorIsNoise(err error) bool { return errors.Is(err, membership.ErrGatewayIgnored) }
 
 func samePrimary(a, b []string) bool {
 	if len(a) != len(b) {

@@ -889,3 +889,26 @@ func caddyLoadErr(src string) error {
 	}
 	return caddy.Load(cfg, true)
 }
+
+// TestFleetReplayIgnored: a gateway heartbeat heard again (a replay, a
+// duplicate) is counted as ignored, not as rejected: nothing is wrong.
+func TestFleetReplayIgnored(t *testing.T) {
+	natsURL := startNATS(t)
+	nc := connect(t, natsURL)
+	b := fleetGateway(t, natsURL, "gw-b", nil)
+	peer := heartbeat.GatewayMessage{Proto: heartbeat.Proto, Kind: heartbeat.KindGateway, ID: "gw-x", State: "active",
+		StartedAt: time.Now().UTC(), Seq: 1, IntervalMS: 1000}
+	data, err := heartbeat.EncodeGateway(&peer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := nc.Publish(heartbeat.GatewaySubject(heartbeat.DefaultPrefix, peer.ID), data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 2*time.Second, func() bool { return b.stats.fleetMessage(fleetHeartbeat, fleetIgnored).Load() == 1 }, "the replay counted as ignored")
+	if n := b.stats.fleetMessage(fleetHeartbeat, fleetRejected).Load(); n != 0 {
+		t.Errorf("%d gateway heartbeats rejected, want 0", n)
+	}
+}
