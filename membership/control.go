@@ -3,6 +3,7 @@ package membership
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"time"
 	"unicode/utf8"
 
@@ -174,11 +175,7 @@ func (r *Registry) setControls(all map[string]Control, now time.Time) {
 func (r *Registry) Controls() map[string]Control {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	out := make(map[string]Control, len(r.controls))
-	for id, c := range r.controls {
-		out[id] = c
-	}
-	return out
+	return maps.Clone(r.controls)
 }
 
 // Member returns a copy of the member id, if known.
