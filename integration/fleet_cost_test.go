@@ -38,14 +38,7 @@ func TestFleetCost(t *testing.T) {
 		t.Skip("set CX_FLEET_COST=1 to measure the fleet's cost (about 2 minutes)")
 	}
 	const instances = 1000
-	window := 30 * time.Second
-	if v := os.Getenv("CX_FLEET_COST_WINDOW"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil || d < time.Second {
-			t.Fatalf("CX_FLEET_COST_WINDOW=%q: want a duration of at least 1s", v)
-		}
-		window = d
-	}
+	window := envDuration(t, "CX_FLEET_COST_WINDOW", 30*time.Second)
 	nodes := startNATSClusterJS(t, 3)
 	urls := clusterURLs(nodes)
 	app1 := startBackend(t, "app1", strings.Join(urls, ","), 0, "--interval", "1s")

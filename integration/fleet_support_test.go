@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -421,4 +422,19 @@ func (b *backend) failFor(t testing.TB, d time.Duration, status int, header stri
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("POST %s: status %d", u, resp.StatusCode)
 	}
+}
+
+// envDuration is the duration the environment variable name sets (at
+// least 1s), or def.
+func envDuration(t testing.TB, name string, def time.Duration) time.Duration {
+	t.Helper()
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < time.Second {
+		t.Fatalf("%s=%q: want a duration of at least 1s, like 10s", name, v)
+	}
+	return d
 }

@@ -5,15 +5,12 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/nats-io/nats.go"
 )
 
 // The fleet scenarios (issue 12): three gateways gw1..gw3 on a 3-node NATS
@@ -598,14 +595,7 @@ func holdApplied(t testing.TB, gws []*fleetGateway, id string, hold bool, since 
 // at least 99.5% of the samples. A load through each gateway sees no
 // error.
 func TestFleetChurnSoak(t *testing.T) {
-	duration := 60 * time.Second
-	if v := os.Getenv("CX_FLEET_SOAK"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil || d < time.Second {
-			t.Fatalf("CX_FLEET_SOAK=%q: want a duration of at least 1s, like 10s", v)
-		}
-		duration = d
-	}
+	duration := envDuration(t, "CX_FLEET_SOAK", 60*time.Second)
 	nodes := startNATSClusterJS(t, 3)
 	urls := strings.Join(clusterURLs(nodes), ",")
 	startBackend(t, "app0", urls, 0)
@@ -820,7 +810,7 @@ func TestFleetHostileInput(t *testing.T) {
 		}
 	})
 
-	nc := connectAttacker(t, f.nodes[0].URL)
+	nc := attacker(t, f.nodes[0].URL)
 	sent := map[string]int{}      // by subject kind: gw, obs
 	sentToGw2 := map[string]int{} // ... of which on gw2's own subjects
 	pub := func(kind, subject string, data []byte) {
@@ -984,18 +974,6 @@ func gatewayJSON(id, state string, startedAt time.Time, seq int64) string {
 func observationJSON(gw string, gwStarted time.Time, seq int64, id string, startedAt time.Time) string {
 	return fmt.Sprintf(`{"proto":1,"kind":"observation","gateway":%q,"started_at":%q,"seq":%d,"failed":[{"id":%q,"started_at":%q}]}`,
 		gw, gwStarted.UTC().Format(time.RFC3339Nano), seq, id, startedAt.UTC().Format(time.RFC3339Nano))
-}
-
-// connectAttacker connects a plain NATS client, as any publisher on the
-// bus could.
-func connectAttacker(t testing.TB, url string) *nats.Conn {
-	t.Helper()
-	nc, err := nats.Connect(url, nats.Name("attacker"), nats.MaxReconnects(0))
-	if err != nil {
-		t.Fatalf("attacker: %v", err)
-	}
-	t.Cleanup(nc.Close)
-	return nc
 }
 
 // goroutineGroups returns the n largest groups of identical goroutine
